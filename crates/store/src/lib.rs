@@ -1,1 +1,38 @@
-//! placeholder
+//! Signed memories stored in git.
+//!
+//! Every author's memories live on branch `users/<64 hex pubkey>` of one bare
+//! git repository, one file per memory at `memories/<2 hex>/<id>.json`, and
+//! (for `remember`) one commit per write. Objects are written in process with
+//! libgit2; the branch moves with a compare-and-swap, so concurrent writers
+//! never lose a memory and a crash never leaves a half-written branch.
+
+mod memory;
+mod query;
+mod repo;
+mod verify;
+
+pub use memory::{
+    format_time, memory_path, parse_time, signing_bytes, MemoryType, NewMemory, UnverifiedMemory,
+    VerifiedMemory, FORMAT_VERSION, MAX_CONTENT_BYTES, MAX_MEMORY_FILE_BYTES, MAX_TAGS,
+    MAX_TAG_BYTES, SIGNING_DOMAIN,
+};
+pub use query::{Filter, RecallResult, Warning};
+pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX};
+pub use verify::{Problem, VerifyReport};
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid memory: {0}")]
+    InvalidMemory(String),
+    #[error("git error: {0}")]
+    Git(#[from] git2::Error),
+    #[error("no memory repository at {0}: run `mmogit init`")]
+    NoRepository(std::path::PathBuf),
+    #[error(
+        "could not update branch {branch} after {attempts} attempts: other writers kept moving it"
+    )]
+    Contention { branch: String, attempts: u32 },
+    #[error("branch {0} has an unexpected shape: {1}")]
+    BadBranch(String, String),
+}

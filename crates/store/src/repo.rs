@@ -1,0 +1,484 @@
+//! The git repository: branches, in-process object writes, tree comparison.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use git2::{ErrorCode, ObjectType, Oid, Repository, Tree};
+use mmogit_identity::{Identity, PublicKey};
+
+use crate::memory::VerifiedMemory;
+use crate::StoreError;
+
+/// Every author's branch is `users/<64 hex pubkey>`.
+pub const BRANCH_PREFIX: &str = "refs/heads/users/";
+const MAX_CAS_ATTEMPTS: u32 = 200;
+
+/// Full ref name of an author's branch.
+pub fn branch_name(author: &PublicKey) -> String {
+    format!("{BRANCH_PREFIX}{}", author.to_hex())
+}
+
+/// The author of a `refs/heads/users/<hex>` ref, if it is one.
+pub fn parse_branch_name(refname: &str) -> Option<PublicKey> {
+    refname.strip_prefix(BRANCH_PREFIX)?.parse().ok()
+}
+
+/// A memory repository (bare git repository).
+pub struct Store {
+    repo: Repository,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.path.display())
+    }
+}
+
+/// One difference between a commit's tree and its parent's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// A memory file that the parent did not have.
+    Added { path: String, id: String, blob: Oid },
+    /// A file whose content changed.
+    Modified { path: String },
+    /// A file the parent had and this tree has not.
+    Deleted { path: String },
+    /// Something that is not a memory file where only memory files may be.
+    Foreign { path: String, reason: String },
+}
+
+impl Store {
+    /// Opens an existing repository.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        match Repository::open_bare(path) {
+            Ok(repo) => Ok(Store {
+                repo,
+                path: path.to_path_buf(),
+            }),
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                Err(StoreError::NoRepository(path.to_path_buf()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the repository, creating an empty bare one if there is none.
+    /// Never touches an existing repository's content.
+    pub fn open_or_init(path: &Path) -> Result<Store, StoreError> {
+        if path.join("HEAD").exists() {
+            return Self::open(path);
+        }
+        let mut opts = git2::RepositoryInitOptions::new();
+        opts.bare(true).mkpath(true).no_reinit(true);
+        let repo = Repository::init_opts(path, &opts)?;
+        Ok(Store {
+            repo,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Path of the repository.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The libgit2 handle, for the sync code.
+    pub fn git(&self) -> &Repository {
+        &self.repo
+    }
+
+    /// Points HEAD at `author`'s branch, so that `git clone` of this
+    /// repository checks out the owner's memories.
+    pub fn set_head_to(&self, author: &PublicKey) -> Result<(), StoreError> {
+        self.repo.set_head(&branch_name(author))?;
+        Ok(())
+    }
+
+    /// Every `users/*` branch with its tip. Refs under `users/` whose name is
+    /// not a valid public key are skipped with a log line.
+    pub fn branches(&self) -> Result<Vec<(PublicKey, Oid)>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.repo.references_glob(&format!("{BRANCH_PREFIX}*"))? {
+            let r = r?;
+            let Some(name) = r.name() else { continue };
+            match (parse_branch_name(name), r.target()) {
+                (Some(pk), Some(oid)) => out.push((pk, oid)),
+                _ => tracing::warn!(refname = name, "ignoring ref that is not users/<pubkey>"),
+            }
+        }
+        out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        Ok(out)
+    }
+
+    /// Tip of `author`'s branch.
+    pub fn tip(&self, author: &PublicKey) -> Result<Option<Oid>, StoreError> {
+        match self.repo.refname_to_id(&branch_name(author)) {
+            Ok(oid) => Ok(Some(oid)),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Appends memories signed by `identity` to its branch in one commit.
+    /// Returns the new tip. Memories already on the branch are skipped (a
+    /// commit is still made only if something is new).
+    pub fn append(
+        &self,
+        identity: &Identity,
+        memories: &[VerifiedMemory],
+        message: &str,
+    ) -> Result<Oid, StoreError> {
+        append_to(&self.repo, identity, memories, message)
+    }
+
+    /// Bulk append in batches of `batch` memories, one commit per batch,
+    /// written as packs (no loose object per memory). Returns the final tip.
+    pub fn import(
+        &self,
+        identity: &Identity,
+        memories: &[VerifiedMemory],
+        batch: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<Option<Oid>, StoreError> {
+        // A second handle whose object writes go to memory, then to one pack per batch.
+        let repo = Repository::open_bare(&self.path)?;
+        let odb = repo.odb()?;
+        let mempack = odb.add_new_mempack_backend(1000)?;
+        let mut tip = None;
+        let mut done = 0;
+        for chunk in memories.chunks(batch.max(1)) {
+            let new_tip = append_objects(
+                &repo,
+                identity,
+                chunk,
+                &format!("import {} memories", chunk.len()),
+            )?;
+            let mut buf = git2::Buf::new();
+            mempack.dump(&repo, &mut buf)?;
+            let mut writer = odb.packwriter()?;
+            std::io::Write::write_all(&mut writer, &buf).map_err(|e| {
+                StoreError::Git(git2::Error::from_str(&format!("writing pack: {e}")))
+            })?;
+            writer.commit()?;
+            mempack.reset()?;
+            if let Some((commit, old)) = new_tip {
+                tip = Some(move_ref(
+                    &repo,
+                    identity,
+                    commit,
+                    old,
+                    chunk,
+                    &format!("import {} memories", chunk.len()),
+                )?);
+            }
+            done += chunk.len();
+            progress(done);
+        }
+        Ok(tip)
+    }
+
+    /// Reads a blob, bounded by `max` bytes.
+    pub(crate) fn read_blob(&self, oid: Oid, max: usize) -> Result<Vec<u8>, StoreError> {
+        let odb = self.repo.odb()?;
+        let (size, kind) = odb.read_header(oid)?;
+        if kind != ObjectType::Blob {
+            return Err(StoreError::InvalidMemory(format!("{oid} is not a blob")));
+        }
+        if size > max {
+            return Err(StoreError::InvalidMemory(format!(
+                "memory file is {size} bytes, more than the limit of {max}"
+            )));
+        }
+        Ok(self.repo.find_blob(oid)?.content().to_vec())
+    }
+
+    /// Differences from `old` (a parent's tree, or nothing) to `new`.
+    pub(crate) fn diff_trees(
+        &self,
+        old: Option<&Tree>,
+        new: &Tree,
+    ) -> Result<Vec<Change>, StoreError> {
+        diff_trees(&self.repo, old, new)
+    }
+}
+
+fn is_hex_lower(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn subtree<'r>(
+    repo: &'r Repository,
+    tree: &Tree,
+    name: &str,
+) -> Result<Option<Tree<'r>>, StoreError> {
+    match tree.get_name(name) {
+        Some(e) if e.kind() == Some(ObjectType::Tree) => Ok(Some(repo.find_tree(e.id())?)),
+        _ => Ok(None),
+    }
+}
+
+pub(crate) fn diff_trees(
+    repo: &Repository,
+    old: Option<&Tree>,
+    new: &Tree,
+) -> Result<Vec<Change>, StoreError> {
+    let mut out = Vec::new();
+    for e in new.iter() {
+        let name = e.name().unwrap_or("<non-utf8>");
+        if name != "memories" || e.kind() != Some(ObjectType::Tree) {
+            let known = old.and_then(|o| o.get_name(name)).map(|o| o.id()) == Some(e.id());
+            if !known {
+                out.push(Change::Foreign {
+                    path: name.to_string(),
+                    reason: "only the memories/ directory may be on a branch".into(),
+                });
+            }
+        }
+    }
+    if let Some(old) = old {
+        for e in old.iter() {
+            let name = e.name().unwrap_or("<non-utf8>");
+            if new.get_name(name).is_none() {
+                out.push(Change::Deleted {
+                    path: name.to_string(),
+                });
+            }
+        }
+    }
+    let new_mem = subtree(repo, new, "memories")?;
+    let old_mem = match old {
+        Some(o) => subtree(repo, o, "memories")?,
+        None => None,
+    };
+    if let (Some(n), Some(o)) = (&new_mem, &old_mem) {
+        if n.id() == o.id() {
+            return Ok(out);
+        }
+    }
+    if let Some(new_mem) = &new_mem {
+        for shard in new_mem.iter() {
+            let sname = shard.name().unwrap_or("<non-utf8>").to_string();
+            let old_entry = old_mem.as_ref().and_then(|o| o.get_name(&sname));
+            if old_entry.as_ref().map(|e| e.id()) == Some(shard.id()) {
+                continue;
+            }
+            if sname.len() != 2 || !is_hex_lower(&sname) || shard.kind() != Some(ObjectType::Tree) {
+                out.push(Change::Foreign {
+                    path: format!("memories/{sname}"),
+                    reason: "expected a directory named by two lowercase hex digits".into(),
+                });
+                continue;
+            }
+            let new_shard = repo.find_tree(shard.id())?;
+            let old_shard = match &old_entry {
+                Some(e) if e.kind() == Some(ObjectType::Tree) => Some(repo.find_tree(e.id())?),
+                _ => None,
+            };
+            for f in new_shard.iter() {
+                let fname = f.name().unwrap_or("<non-utf8>");
+                let path = format!("memories/{sname}/{fname}");
+                let prev = old_shard
+                    .as_ref()
+                    .and_then(|o| o.get_name(fname))
+                    .map(|e| e.id());
+                if prev == Some(f.id()) {
+                    continue;
+                }
+                if prev.is_some() {
+                    out.push(Change::Modified { path });
+                    continue;
+                }
+                let id = fname.strip_suffix(".json").unwrap_or("");
+                if id.len() != 64
+                    || !is_hex_lower(id)
+                    || !id.starts_with(&sname)
+                    || f.kind() != Some(ObjectType::Blob)
+                {
+                    out.push(Change::Foreign {
+                        path,
+                        reason: "expected a file <64 hex id>.json in the shard of its first two hex digits"
+                            .into(),
+                    });
+                    continue;
+                }
+                out.push(Change::Added {
+                    path,
+                    id: id.to_string(),
+                    blob: f.id(),
+                });
+            }
+            if let Some(old_shard) = &old_shard {
+                for f in old_shard.iter() {
+                    let fname = f.name().unwrap_or("<non-utf8>");
+                    if new_shard.get_name(fname).is_none() {
+                        out.push(Change::Deleted {
+                            path: format!("memories/{sname}/{fname}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    if let Some(old_mem) = &old_mem {
+        for shard in old_mem.iter() {
+            let sname = shard.name().unwrap_or("<non-utf8>");
+            let gone = new_mem
+                .as_ref()
+                .map(|n| n.get_name(sname).is_none())
+                .unwrap_or(true);
+            if gone {
+                out.push(Change::Deleted {
+                    path: format!("memories/{sname}"),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the commit for `memories` on top of the current tip. Returns the
+/// new commit and the tip it was built on, or None when nothing is new.
+fn append_objects(
+    repo: &Repository,
+    identity: &Identity,
+    memories: &[VerifiedMemory],
+    message: &str,
+) -> Result<Option<(Oid, Option<Oid>)>, StoreError> {
+    let author = identity.public_key();
+    if let Some(m) = memories.iter().find(|m| *m.author() != author) {
+        return Err(StoreError::InvalidMemory(format!(
+            "memory {} is by {}, not by the branch owner {}",
+            m.id(),
+            m.author(),
+            author
+        )));
+    }
+    let blobs: Vec<(String, String, Oid)> = memories
+        .iter()
+        .map(|m| {
+            let oid = repo.blob(&m.to_json())?;
+            Ok((m.id()[..2].to_string(), format!("{}.json", m.id()), oid))
+        })
+        .collect::<Result<_, git2::Error>>()?;
+    let refname = branch_name(&author);
+    let tip = match repo.refname_to_id(&refname) {
+        Ok(oid) => Some(oid),
+        Err(e) if e.code() == ErrorCode::NotFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    build_commit(repo, &author, tip, &blobs, message).map(|c| c.map(|c| (c, tip)))
+}
+
+fn build_commit(
+    repo: &Repository,
+    author: &PublicKey,
+    tip: Option<Oid>,
+    blobs: &[(String, String, Oid)],
+    message: &str,
+) -> Result<Option<Oid>, StoreError> {
+    let parent = tip.map(|t| repo.find_commit(t)).transpose()?;
+    let root = parent.as_ref().map(|p| p.tree()).transpose()?;
+    let mem = match &root {
+        Some(r) => subtree(repo, r, "memories")?,
+        None => None,
+    };
+    let mut by_shard: BTreeMap<&str, Vec<(&str, Oid)>> = BTreeMap::new();
+    for (shard, name, oid) in blobs {
+        by_shard.entry(shard).or_default().push((name, *oid));
+    }
+    let mut mem_builder = repo.treebuilder(mem.as_ref())?;
+    let mut changed = false;
+    for (shard, files) in by_shard {
+        let old = match &mem {
+            Some(m) => subtree(repo, m, shard)?,
+            None => None,
+        };
+        let mut sb = repo.treebuilder(old.as_ref())?;
+        for (name, oid) in files {
+            if sb.get(name)?.is_none() {
+                sb.insert(name, oid, 0o100644)?;
+                changed = true;
+            }
+        }
+        let sid = sb.write()?;
+        mem_builder.insert(shard, sid, 0o040000)?;
+    }
+    if !changed {
+        return Ok(None);
+    }
+    let mem_id = mem_builder.write()?;
+    let mut root_builder = repo.treebuilder(root.as_ref())?;
+    root_builder.insert("memories", mem_id, 0o040000)?;
+    let tree = repo.find_tree(root_builder.write()?)?;
+    let sig = git2::Signature::now(
+        &format!("mmogit {}", author.short(12)),
+        &format!("{}@mmogit", author.to_hex()),
+    )?;
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    Ok(Some(
+        repo.commit(None, &sig, &sig, message, &tree, &parents)?,
+    ))
+}
+
+/// Moves `identity`'s branch from `old` to `commit`; when another writer moved
+/// it first, rebuilds the commit on the new tip and tries again.
+fn move_ref(
+    repo: &Repository,
+    identity: &Identity,
+    mut commit: Oid,
+    mut old: Option<Oid>,
+    memories: &[VerifiedMemory],
+    message: &str,
+) -> Result<Oid, StoreError> {
+    let refname = branch_name(&identity.public_key());
+    for attempt in 0..MAX_CAS_ATTEMPTS {
+        let res = match old {
+            Some(o) => repo.reference_matching(&refname, commit, true, o, message),
+            None => repo.reference(&refname, commit, false, message),
+        };
+        match res {
+            Ok(_) => return Ok(commit),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    ErrorCode::Modified | ErrorCode::Exists | ErrorCode::Locked
+                ) =>
+            {
+                tracing::debug!(attempt, "branch moved under us, rebuilding the commit");
+                if e.code() == ErrorCode::Locked {
+                    std::thread::sleep(Duration::from_millis(1 + (attempt as u64 % 5)));
+                }
+                match append_objects(repo, identity, memories, message)? {
+                    Some((c, o)) => {
+                        commit = c;
+                        old = o;
+                    }
+                    // Someone else already wrote these same memories.
+                    None => return Ok(repo.refname_to_id(&refname)?),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Contention {
+        branch: refname,
+        attempts: MAX_CAS_ATTEMPTS,
+    })
+}
+
+pub(crate) fn append_to(
+    repo: &Repository,
+    identity: &Identity,
+    memories: &[VerifiedMemory],
+    message: &str,
+) -> Result<Oid, StoreError> {
+    match append_objects(repo, identity, memories, message)? {
+        Some((commit, old)) => move_ref(repo, identity, commit, old, memories, message),
+        None => repo
+            .refname_to_id(&branch_name(&identity.public_key()))
+            .map_err(Into::into),
+    }
+}

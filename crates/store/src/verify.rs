@@ -1,0 +1,227 @@
+//! Verification of whole branch histories: what `mmogit verify` runs and what
+//! every incoming branch must pass before its ref moves.
+
+use git2::Oid;
+use mmogit_identity::PublicKey;
+use serde::Serialize;
+
+use crate::memory::{UnverifiedMemory, MAX_MEMORY_FILE_BYTES};
+use crate::repo::{Change, Store};
+use crate::StoreError;
+
+/// One thing wrong with a branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// `users/<pubkey>`
+    pub branch: String,
+    /// The commit that introduced it (hex), when known.
+    pub commit: Option<String>,
+    /// The file concerned, when there is one.
+    pub path: Option<String>,
+    /// The memory id concerned, when known.
+    pub memory: Option<String>,
+    pub reason: String,
+}
+
+/// The outcome of verifying one or more branches.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub branches: usize,
+    pub commits: usize,
+    /// Memories that verified.
+    pub memories: usize,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+struct Pending {
+    commit: Oid,
+    path: String,
+    memory: UnverifiedMemory,
+}
+
+impl Store {
+    /// Verifies every `users/*` branch from its root.
+    pub fn verify_all(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        for (owner, tip) in self.branches()? {
+            let r = self.verify_history(&owner, tip, None)?;
+            report.branches += 1;
+            report.commits += r.commits;
+            report.memories += r.memories;
+            report.problems.extend(r.problems);
+        }
+        Ok(report)
+    }
+
+    /// Verifies the commits of `owner`'s branch from `tip` back to `base`
+    /// (exclusive; `None` = the root): every commit has at most one parent,
+    /// only adds memory files (never changes or deletes one), every added
+    /// memory parses, is named by its id, is authored by `owner`, and its
+    /// signature verifies; and `base`, when given, is an ancestor of `tip`.
+    pub fn verify_history(
+        &self,
+        owner: &PublicKey,
+        tip: Oid,
+        base: Option<Oid>,
+    ) -> Result<VerifyReport, StoreError> {
+        let repo = self.git();
+        let branch = format!("users/{}", owner.to_hex());
+        let mut report = VerifyReport {
+            branches: 1,
+            ..Default::default()
+        };
+        let problem = |commit: Option<Oid>,
+                       path: Option<String>,
+                       memory: Option<String>,
+                       reason: String| Problem {
+            branch: branch.clone(),
+            commit: commit.map(|c| c.to_string()),
+            path,
+            memory,
+            reason,
+        };
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut cur = Some(tip);
+        let mut reached_base = base.is_none();
+        while let Some(oid) = cur {
+            if Some(oid) == base {
+                reached_base = true;
+                break;
+            }
+            let commit = match repo.find_commit(oid) {
+                Ok(c) => c,
+                Err(e) => {
+                    report.problems.push(problem(
+                        Some(oid),
+                        None,
+                        None,
+                        format!("missing commit: {e}"),
+                    ));
+                    break;
+                }
+            };
+            report.commits += 1;
+            if commit.parent_count() > 1 {
+                report.problems.push(problem(
+                    Some(oid),
+                    None,
+                    None,
+                    "merge commit: a memory branch must be a single line of history".into(),
+                ));
+            }
+            let parent = if commit.parent_count() > 0 {
+                Some(commit.parent(0)?)
+            } else {
+                None
+            };
+            let parent_tree = parent.as_ref().map(|p| p.tree()).transpose()?;
+            for ch in self.diff_trees(parent_tree.as_ref(), &commit.tree()?)? {
+                match ch {
+                    Change::Added { path, id, blob } => {
+                        let parsed = self
+                            .read_blob(blob, MAX_MEMORY_FILE_BYTES)
+                            .and_then(|d| UnverifiedMemory::from_json(&d));
+                        match parsed {
+                            Err(e) => report.problems.push(problem(
+                                Some(oid),
+                                Some(path),
+                                Some(id),
+                                e.to_string(),
+                            )),
+                            Ok(m) if m.id != id => report.problems.push(problem(
+                                Some(oid),
+                                Some(path),
+                                Some(id),
+                                format!("file name does not match the memory id {}", m.id),
+                            )),
+                            Ok(m) if m.author != *owner => report.problems.push(problem(
+                                Some(oid),
+                                Some(path),
+                                Some(id),
+                                format!("memory by {} on a branch it does not own", m.author),
+                            )),
+                            Ok(m) => pending.push(Pending {
+                                commit: oid,
+                                path,
+                                memory: m,
+                            }),
+                        }
+                    }
+                    Change::Modified { path } => report.problems.push(problem(
+                        Some(oid),
+                        Some(path),
+                        None,
+                        "a memory file was changed; memories may only be added".into(),
+                    )),
+                    Change::Deleted { path } => report.problems.push(problem(
+                        Some(oid),
+                        Some(path),
+                        None,
+                        "a memory file was deleted; memories may only be added".into(),
+                    )),
+                    Change::Foreign { path, reason } => {
+                        report
+                            .problems
+                            .push(problem(Some(oid), Some(path), None, reason))
+                    }
+                }
+            }
+            cur = parent.map(|p| p.id());
+        }
+        if !reached_base {
+            report.problems.push(problem(
+                Some(tip),
+                None,
+                None,
+                format!(
+                    "history was rewritten: the new tip does not descend from {}",
+                    base.map(|b| b.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
+        // Signatures: batched, on all cores.
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8);
+        let chunk = pending.len().div_ceil(threads).max(1);
+        let results: Vec<Vec<Result<(), String>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = pending
+                .chunks(chunk)
+                .map(|part| {
+                    s.spawn(move || {
+                        let items: Vec<UnverifiedMemory> =
+                            part.iter().map(|p| p.memory.clone()).collect();
+                        UnverifiedMemory::verify_many(items)
+                            .into_iter()
+                            .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("verification thread panicked"))
+                .collect()
+        });
+        for (p, r) in pending.iter().zip(results.into_iter().flatten()) {
+            match r {
+                Ok(()) => report.memories += 1,
+                Err(reason) => report.problems.push(problem(
+                    Some(p.commit),
+                    Some(p.path.clone()),
+                    Some(p.memory.id.clone()),
+                    reason,
+                )),
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,334 @@
+//! The git side of the store: writes, recall, concurrent writers, verification.
+
+use std::time::{Duration, SystemTime};
+
+use mmogit_identity::Identity;
+use mmogit_store::{branch_name, Filter, MemoryType, NewMemory, Store, VerifiedMemory};
+
+fn new(kind: MemoryType, content: &str, tags: &[&str]) -> NewMemory {
+    NewMemory {
+        kind,
+        content: content.into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        confidence: None,
+        private: false,
+    }
+}
+
+fn remember(store: &Store, id: &Identity, n: NewMemory) -> VerifiedMemory {
+    let m = VerifiedMemory::create(id, n).unwrap();
+    store
+        .append(id, std::slice::from_ref(&m), "remember")
+        .unwrap();
+    m
+}
+
+#[test]
+fn append_and_recall_newest_first_with_filters() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_or_init(&dir.path().join("repo.git")).unwrap();
+    let a = Identity::from_secret_bytes(&[1; 32]);
+    let b = Identity::from_secret_bytes(&[2; 32]);
+    let m1 = remember(&store, &a, new(MemoryType::Learning, "first", &["rust"]));
+    let m2 = remember(&store, &b, new(MemoryType::Task, "second", &["todo"]));
+    let mut n3 = new(MemoryType::Learning, "third", &["rust", "git"]);
+    n3.confidence = Some(0.8);
+    let m3 = remember(&store, &a, n3);
+
+    let all = store.recall(&Filter::default()).unwrap();
+    assert!(all.warnings.is_empty());
+    let ids: Vec<&str> = all.memories.iter().map(|m| m.id()).collect();
+    assert_eq!(ids, vec![m3.id(), m2.id(), m1.id()]);
+
+    let f = Filter {
+        kinds: vec![MemoryType::Learning],
+        ..Default::default()
+    };
+    assert_eq!(store.recall(&f).unwrap().memories.len(), 2);
+    let f = Filter {
+        tags: vec!["rust".into(), "git".into()],
+        ..Default::default()
+    };
+    assert_eq!(store.recall(&f).unwrap().memories[0].id(), m3.id());
+    let f = Filter {
+        authors: vec![b.public_key()],
+        ..Default::default()
+    };
+    assert_eq!(store.recall(&f).unwrap().memories[0].id(), m2.id());
+    let f = Filter {
+        min_confidence: Some(0.5),
+        ..Default::default()
+    };
+    assert_eq!(store.recall(&f).unwrap().memories.len(), 1);
+    let f = Filter {
+        limit: Some(2),
+        ..Default::default()
+    };
+    let ids: Vec<String> = store
+        .recall(&f)
+        .unwrap()
+        .memories
+        .iter()
+        .map(|m| m.id().to_string())
+        .collect();
+    assert_eq!(ids, vec![m3.id().to_string(), m2.id().to_string()]);
+    let f = Filter {
+        since: Some(SystemTime::now() + Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    assert!(store.recall(&f).unwrap().memories.is_empty());
+
+    // Files are sharded by the first two hex digits of the id.
+    let tip = store.tip(&a.public_key()).unwrap().unwrap();
+    let tree = store.git().find_commit(tip).unwrap().tree().unwrap();
+    assert!(tree.get_path(std::path::Path::new(&m1.path())).is_ok());
+    let report = store.verify_all().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!((report.branches, report.memories), (2, 3));
+}
+
+#[test]
+fn recall_limit_merges_branches_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_or_init(&dir.path().join("repo.git")).unwrap();
+    let a = Identity::from_secret_bytes(&[1; 32]);
+    let b = Identity::from_secret_bytes(&[2; 32]);
+    let mut expected = Vec::new();
+    for i in 0..30 {
+        let who = if i % 3 == 0 { &b } else { &a };
+        expected.push(remember(
+            &store,
+            who,
+            new(MemoryType::Observation, &format!("m{i}"), &[]),
+        ));
+    }
+    expected.reverse();
+    let got = store
+        .recall(&Filter {
+            limit: Some(7),
+            ..Default::default()
+        })
+        .unwrap();
+    let got: Vec<&str> = got.memories.iter().map(|m| m.id()).collect();
+    let want: Vec<&str> = expected.iter().take(7).map(|m| m.id()).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn concurrent_writers_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("repo.git");
+    Store::open_or_init(&path).unwrap();
+    let id = Identity::from_secret_bytes(&[3; 32]);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let path = &path;
+            let id = &id;
+            s.spawn(move || {
+                let store = Store::open(path).unwrap();
+                for i in 0..25 {
+                    remember(
+                        &store,
+                        id,
+                        new(MemoryType::Task, &format!("t{t} i{i}"), &[]),
+                    );
+                }
+            });
+        }
+    });
+    let store = Store::open(&path).unwrap();
+    let all = store.recall(&Filter::default()).unwrap();
+    assert_eq!(all.memories.len(), 100);
+    let report = store.verify_all().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.commits, 100);
+}
+
+#[test]
+fn import_writes_packs_and_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_or_init(&dir.path().join("repo.git")).unwrap();
+    let id = Identity::from_secret_bytes(&[4; 32]);
+    remember(&store, &id, new(MemoryType::Task, "before", &[]));
+    let mems: Vec<VerifiedMemory> = (0..250)
+        .map(|i| {
+            VerifiedMemory::create(
+                &id,
+                new(MemoryType::Learning, &format!("bulk {i}"), &["bulk"]),
+            )
+            .unwrap()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    store.import(&id, &mems, 100, |n| seen.push(n)).unwrap();
+    assert_eq!(seen, vec![100, 200, 250]);
+    let report = store.verify_all().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!(report.commits, 4);
+    assert_eq!(report.memories, 251);
+    let got = store
+        .recall(&Filter {
+            tags: vec!["bulk".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(got.memories.len(), 250);
+    // Objects went into packs, not one loose file per memory.
+    let packs = std::fs::read_dir(dir.path().join("repo.git/objects/pack"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "pack")
+        })
+        .count();
+    assert_eq!(packs, 3);
+    // Importing the same memories again adds nothing.
+    store.import(&id, &mems, 100, |_| {}).unwrap();
+    assert_eq!(store.verify_all().unwrap().commits, 4);
+}
+
+/// Writes a commit on `owner`'s branch that puts `data` at `path`, bypassing
+/// the store's checks (what a malicious peer could push).
+fn forge_commit(store: &Store, owner: &Identity, path: &str, data: Option<&[u8]>) {
+    let repo = store.git();
+    let refname = branch_name(&owner.public_key());
+    let parent = repo
+        .find_commit(repo.refname_to_id(&refname).unwrap())
+        .unwrap();
+    let mut index = git2::Index::new().unwrap();
+    index.read_tree(&parent.tree().unwrap()).unwrap();
+    match data {
+        Some(d) => {
+            let blob = repo.blob(d).unwrap();
+            let entry = git2::IndexEntry {
+                ctime: git2::IndexTime::new(0, 0),
+                mtime: git2::IndexTime::new(0, 0),
+                dev: 0,
+                ino: 0,
+                mode: 0o100644,
+                uid: 0,
+                gid: 0,
+                file_size: d.len() as u32,
+                id: blob,
+                flags: path.len() as u16,
+                flags_extended: 0,
+                path: path.as_bytes().to_vec(),
+            };
+            index.add(&entry).unwrap();
+        }
+        None => index.remove_path(std::path::Path::new(path)).unwrap(),
+    }
+    let tree = repo.find_tree(index.write_tree_to(repo).unwrap()).unwrap();
+    let sig = git2::Signature::now("forger", "f@x").unwrap();
+    repo.commit(Some(&refname), &sig, &sig, "forged", &tree, &[&parent])
+        .unwrap();
+}
+
+#[test]
+fn verify_and_recall_catch_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_or_init(&dir.path().join("repo.git")).unwrap();
+    let a = Identity::from_secret_bytes(&[5; 32]);
+    let m = remember(&store, &a, new(MemoryType::Learning, "true fact", &[]));
+
+    // 1. A changed byte in an existing memory.
+    let mut json = m.to_json();
+    let pos = json.windows(4).position(|w| w == b"true").unwrap();
+    json[pos] = b'T';
+    forge_commit(&store, &a, &m.path(), Some(&json));
+    let report = store.verify_all().unwrap();
+    assert!(!report.is_ok());
+    assert!(
+        report.problems[0].reason.contains("changed"),
+        "{:?}",
+        report.problems
+    );
+
+    // Recall only uses added files, so the modified copy is never shown.
+    let got = store.recall(&Filter::default()).unwrap();
+    assert_eq!(got.memories.len(), 1);
+    assert_eq!(got.memories[0].stored_content(), "true fact");
+
+    // 2. A new memory with a bad signature and 3. a deleted one.
+    let dir2 = tempfile::tempdir().unwrap();
+    let store = Store::open_or_init(&dir2.path().join("repo.git")).unwrap();
+    let m = remember(&store, &a, new(MemoryType::Learning, "one", &[]));
+    let other = VerifiedMemory::create(&a, new(MemoryType::Learning, "two", &[])).unwrap();
+    let mut rec = other.record().clone();
+    rec.content = "two (edited)".into();
+    let forged = serde_json::to_vec(&rec).unwrap();
+    forge_commit(&store, &a, &other.path(), Some(&forged));
+    let got = store.recall(&Filter::default()).unwrap();
+    assert_eq!(got.memories.len(), 1);
+    assert_eq!(got.warnings.len(), 1);
+    assert!(got.warnings[0].path.contains(other.id()));
+    forge_commit(&store, &a, &m.path(), None);
+    let report = store.verify_all().unwrap();
+    let reasons: Vec<&str> = report.problems.iter().map(|p| p.reason.as_str()).collect();
+    assert_eq!(report.problems.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("deleted")));
+    assert!(reasons
+        .iter()
+        .any(|r| r.contains("id") || r.contains("signature")));
+
+    // 4. A memory by someone else placed on a's branch, and a stray file.
+    let dir3 = tempfile::tempdir().unwrap();
+    let store = Store::open_or_init(&dir3.path().join("repo.git")).unwrap();
+    remember(&store, &a, new(MemoryType::Learning, "mine", &[]));
+    let b = Identity::from_secret_bytes(&[6; 32]);
+    let theirs = VerifiedMemory::create(&b, new(MemoryType::Learning, "theirs", &[])).unwrap();
+    forge_commit(&store, &a, &theirs.path(), Some(&theirs.to_json()));
+    forge_commit(&store, &a, "README", Some(b"hi"));
+    let report = store.verify_all().unwrap();
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.reason.contains("does not own")));
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.path.as_deref() == Some("README")));
+    let got = store.recall(&Filter::default()).unwrap();
+    assert_eq!(got.memories.len(), 1);
+    assert_eq!(got.warnings.len(), 1);
+}
+
+#[test]
+fn rewritten_history_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_or_init(&dir.path().join("repo.git")).unwrap();
+    let a = Identity::from_secret_bytes(&[5; 32]);
+    remember(&store, &a, new(MemoryType::Learning, "one", &[]));
+    let old_tip = store.tip(&a.public_key()).unwrap().unwrap();
+    remember(&store, &a, new(MemoryType::Learning, "two", &[]));
+    let good_tip = store.tip(&a.public_key()).unwrap().unwrap();
+    assert!(store
+        .verify_history(&a.public_key(), good_tip, Some(old_tip))
+        .unwrap()
+        .is_ok());
+    // A second root: does not descend from old_tip.
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = Store::open_or_init(&dir2.path().join("repo.git")).unwrap();
+    remember(&other, &a, new(MemoryType::Learning, "alternative", &[]));
+    let alt = other.tip(&a.public_key()).unwrap().unwrap();
+    // Copy the objects over.
+    let odb = store.git().odb().unwrap();
+    let src = other.git().odb().unwrap();
+    src.foreach(|oid| {
+        let o = src.read(*oid).unwrap();
+        odb.write(o.kind(), o.data()).unwrap();
+        true
+    })
+    .unwrap();
+    let report = store
+        .verify_history(&a.public_key(), alt, Some(old_tip))
+        .unwrap();
+    assert!(report
+        .problems
+        .iter()
+        .any(|p| p.reason.contains("rewritten")));
+}
