@@ -1,0 +1,786 @@
+//! Handshake and session state machine, sans-IO.
+//!
+//! The driver feeds received bytes with [`Session::handle_input`], writes out
+//! every frame from [`Session::poll_transmit`], reacts to
+//! [`Session::poll_event`], and calls [`Session::handle_timeout`] when
+//! [`Session::poll_timeout`] passes. Randomness (Hello nonce, Ping payloads)
+//! and time are injected, so the whole protocol is deterministic under test.
+//!
+//! Sequence (see docs/PROTOCOL.md):
+//! ```text
+//! initiator                                  acceptor
+//!   Hello(I)  ─────────────┐    ┌─────────── Hello(A)      (both at once)
+//!                          └──┐ │
+//!   verify Hello(A) <─────────┼─┘            verify Hello(I)
+//!   session id                └────────────> session id
+//!   Ping(seq 0) ──────────────────────────>  verify: initiator is live
+//!                                            authorize pubkey?
+//!                       <──────────────────  Pong(seq 0)  or  Bye "not authorized"
+//!   verify: authenticated
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use mmogit_identity::{Identity, PublicKey, Signature};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::codec::{encode_frame, FrameDecoder, RawMessage, MAX_FRAME_LEN};
+use crate::error::ProtoError;
+use crate::message::{
+    reasons, Bye, Hello, Message, MsgType, MAX_PING_LEN, MAX_REASON_LEN, NONCE_LEN, PROTOCOL_NAME,
+};
+
+/// Domain of the Hello signature.
+pub const HELLO_DOMAIN: &[u8] = b"mmogit-hello-v1\0";
+/// Domain of the session id hash.
+pub const SESSION_DOMAIN: &[u8] = b"mmogit-session-v1\0";
+/// Domain of every signature after Hello.
+pub const MSG_DOMAIN: &[u8] = b"mmogit-msg-v1\0";
+/// Protocol versions this implementation speaks.
+pub const PROTOCOL_VERSIONS: &[u32] = &[1];
+/// Length of the authentication Ping payload.
+pub const AUTH_PING_LEN: usize = 32;
+/// Length of heartbeat Ping payloads.
+pub const HEARTBEAT_PING_LEN: usize = 8;
+
+/// Which end of the connection a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Opened the connection.
+    Initiator,
+    /// Accepted the connection.
+    Acceptor,
+}
+
+impl Role {
+    /// The role byte in signed messages: 0x01 initiator, 0x02 acceptor.
+    pub fn byte(self) -> u8 {
+        match self {
+            Role::Initiator => 0x01,
+            Role::Acceptor => 0x02,
+        }
+    }
+
+    /// The other side.
+    pub fn peer(self) -> Role {
+        match self {
+            Role::Initiator => Role::Acceptor,
+            Role::Acceptor => Role::Initiator,
+        }
+    }
+}
+
+/// Session parameters.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Versions offered in Hello (highest common one is used).
+    pub versions: Vec<u32>,
+    /// Hello `agent` string.
+    pub agent: String,
+    /// Hello `listen_port`.
+    pub listen_port: Option<u16>,
+    /// Hello `capabilities`.
+    pub capabilities: Vec<String>,
+    /// The handshake must be complete within this time from creation.
+    pub handshake_timeout: Duration,
+    /// The session closes when nothing has been received for this long.
+    pub idle_timeout: Duration,
+    /// A heartbeat Ping is sent when nothing has been sent for
+    /// `min(heartbeat_interval, idle_timeout / 2)`.
+    pub heartbeat_interval: Duration,
+    /// A frame that has started must be complete within this time.
+    pub frame_timeout: Duration,
+    /// Largest frame body accepted (at most 10 MiB).
+    pub max_frame_len: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            versions: PROTOCOL_VERSIONS.to_vec(),
+            agent: format!("mmogit/{}", env!("CARGO_PKG_VERSION")),
+            listen_port: None,
+            capabilities: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(30),
+            frame_timeout: Duration::from_secs(30),
+            max_frame_len: MAX_FRAME_LEN,
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The effective heartbeat interval.
+    pub fn keepalive(&self) -> Duration {
+        self.heartbeat_interval.min(self.idle_timeout / 2)
+    }
+}
+
+/// What a session knows about its peer after a verified Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub pubkey: PublicKey,
+    /// Negotiated protocol version.
+    pub version: u32,
+    pub agent: String,
+    pub listen_port: Option<u16>,
+    pub capabilities: Vec<String>,
+}
+
+/// Why a session closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// We closed it, sending Bye with this reason.
+    Local(String),
+    /// The peer sent Bye with this reason.
+    Remote(String),
+    /// A protocol error (a Bye was sent when a session id existed).
+    Error(ProtoError),
+    /// The byte stream ended without Bye.
+    Eof,
+}
+
+/// What the driver must react to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Acceptor only: the initiator proved it holds `peer.pubkey` in this
+    /// session. Call [`Session::accept`] or [`Session::reject`].
+    AuthorizationRequired(PeerInfo),
+    /// The handshake is complete; messages may flow.
+    Authenticated {
+        peer: PeerInfo,
+        session_id: [u8; 32],
+    },
+    /// A Pong answering one of our Pings.
+    Pong(Vec<u8>),
+    /// A MemoryRequest, MemoryResponse or GitBundle.
+    Message(Message),
+    /// The session is closed; flush `poll_transmit` and close the connection.
+    Closed(CloseReason),
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitHello,
+    /// Initiator: waiting for the Pong to our authentication Ping.
+    AwaitPong {
+        ping: Vec<u8>,
+    },
+    /// Acceptor: waiting for the initiator's authentication Ping.
+    AwaitPing,
+    /// Acceptor: the Ping verified; waiting for accept()/reject().
+    AwaitDecision {
+        ping: Vec<u8>,
+    },
+    Established,
+    Closed,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AwaitHello => "awaiting Hello",
+            State::AwaitPong { .. } => "awaiting the authentication Pong",
+            State::AwaitPing => "awaiting the authentication Ping",
+            State::AwaitDecision { .. } => "awaiting authorization",
+            State::Established => "established",
+            State::Closed => "closed",
+        }
+    }
+}
+
+/// One side of one connection.
+pub struct Session {
+    role: Role,
+    identity: Arc<Identity>,
+    config: Arc<SessionConfig>,
+    expected: Option<PublicKey>,
+    rng: Box<dyn RngCore + Send>,
+    decoder: FrameDecoder,
+    state: State,
+    /// Our Hello payload, kept until the session id is computed.
+    own_hello: Vec<u8>,
+    peer: Option<PeerInfo>,
+    session_id: Option<[u8; 32]>,
+    send_seq: u64,
+    recv_seq: u64,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    created: Instant,
+    last_recv: Instant,
+    last_send: Instant,
+    frame_started: Option<Instant>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.role)
+            .field("state", &self.state.name())
+            .field("peer", &self.peer.as_ref().map(|p| p.pubkey.short(12)))
+            .finish()
+    }
+}
+
+/// The bytes a Hello signature covers: `"mmogit-hello-v1\0" || payload`.
+pub fn hello_signed_bytes(payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(HELLO_DOMAIN.len() + payload.len());
+    v.extend_from_slice(HELLO_DOMAIN);
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Session id: `SHA-256("mmogit-session-v1\0" || u32be(len(I)) || I || u32be(len(A)) || A)`
+/// over the initiator's and acceptor's Hello payload bytes, as received.
+pub fn compute_session_id(initiator_hello: &[u8], acceptor_hello: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(SESSION_DOMAIN);
+    h.update((initiator_hello.len() as u32).to_be_bytes());
+    h.update(initiator_hello);
+    h.update((acceptor_hello.len() as u32).to_be_bytes());
+    h.update(acceptor_hello);
+    h.finalize().into()
+}
+
+/// The bytes every post-Hello signature covers:
+/// `"mmogit-msg-v1\0" || session_id (32) || role byte || u64be(seq)
+///  || u32be(len(msg_type)) || msg_type || u32be(len(payload)) || payload`.
+pub fn signed_bytes(
+    session_id: &[u8; 32],
+    sender: Role,
+    seq: u64,
+    msg_type: MsgType,
+    payload: &[u8],
+) -> Vec<u8> {
+    let t = msg_type.as_str().as_bytes();
+    let mut v = Vec::with_capacity(MSG_DOMAIN.len() + 32 + 1 + 8 + 4 + t.len() + 4 + payload.len());
+    v.extend_from_slice(MSG_DOMAIN);
+    v.extend_from_slice(session_id);
+    v.push(sender.byte());
+    v.extend_from_slice(&seq.to_be_bytes());
+    v.extend_from_slice(&(t.len() as u32).to_be_bytes());
+    v.extend_from_slice(t);
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+fn cut_reason(mut s: String) -> String {
+    if s.len() > MAX_REASON_LEN {
+        let mut cut = MAX_REASON_LEN;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// The Bye reason sent for a local protocol error.
+pub fn bye_reason_for(err: &ProtoError) -> String {
+    cut_reason(match err {
+        ProtoError::BadSignature { .. } => reasons::BAD_SIGNATURE.to_string(),
+        ProtoError::WrongPubkey { .. } => reasons::WRONG_PUBKEY.to_string(),
+        ProtoError::VersionMismatch { ours, theirs } => format!(
+            "{}: we support {ours:?}, you support {theirs:?}",
+            reasons::VERSION_MISMATCH
+        ),
+        ProtoError::HandshakeTimeout => reasons::HANDSHAKE_TIMEOUT.to_string(),
+        ProtoError::IdleTimeout => reasons::IDLE_TIMEOUT.to_string(),
+        ProtoError::FrameTimeout => reasons::FRAME_TIMEOUT.to_string(),
+        other => format!("{}: {other}", reasons::PROTOCOL_ERROR),
+    })
+}
+
+impl Session {
+    /// The side that opened the connection. `expected_pubkey`, when given,
+    /// must match the acceptor's Hello ([`ProtoError::WrongPubkey`] otherwise).
+    /// Our Hello is queued at once.
+    pub fn initiator(
+        identity: Arc<Identity>,
+        config: Arc<SessionConfig>,
+        expected_pubkey: Option<PublicKey>,
+        nonce: [u8; NONCE_LEN],
+        rng: Box<dyn RngCore + Send>,
+        now: Instant,
+    ) -> Session {
+        Self::new(
+            Role::Initiator,
+            identity,
+            config,
+            expected_pubkey,
+            nonce,
+            rng,
+            now,
+        )
+    }
+
+    /// The side that accepted the connection. Our Hello is queued at once.
+    pub fn acceptor(
+        identity: Arc<Identity>,
+        config: Arc<SessionConfig>,
+        nonce: [u8; NONCE_LEN],
+        rng: Box<dyn RngCore + Send>,
+        now: Instant,
+    ) -> Session {
+        Self::new(Role::Acceptor, identity, config, None, nonce, rng, now)
+    }
+
+    fn new(
+        role: Role,
+        identity: Arc<Identity>,
+        config: Arc<SessionConfig>,
+        expected: Option<PublicKey>,
+        nonce: [u8; NONCE_LEN],
+        rng: Box<dyn RngCore + Send>,
+        now: Instant,
+    ) -> Session {
+        let hello = Hello {
+            protocol: PROTOCOL_NAME.to_string(),
+            versions: config.versions.clone(),
+            pubkey: identity.public_key().to_hex(),
+            nonce: B64.encode(nonce),
+            agent: config.agent.clone(),
+            listen_port: config.listen_port,
+            capabilities: config.capabilities.clone(),
+        };
+        let payload = Message::Hello(hello).encode_payload();
+        let sig = identity.sign(&hello_signed_bytes(&payload));
+        let frame = encode_frame(MsgType::Hello, &payload, &sig.to_bytes())
+            .expect("a Hello is far below the frame limit");
+        let mut transmit = VecDeque::with_capacity(1);
+        transmit.push_back(frame);
+        Session {
+            role,
+            decoder: FrameDecoder::new(config.max_frame_len),
+            identity,
+            config,
+            expected,
+            rng,
+            state: State::AwaitHello,
+            own_hello: payload,
+            peer: None,
+            session_id: None,
+            send_seq: 0,
+            recv_seq: 0,
+            transmit,
+            events: VecDeque::new(),
+            created: now,
+            last_recv: now,
+            last_send: now,
+            frame_started: None,
+        }
+    }
+
+    /// Our role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The peer, once its Hello verified.
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.peer.as_ref()
+    }
+
+    /// The session id, once both Hellos are known.
+    pub fn session_id(&self) -> Option<&[u8; 32]> {
+        self.session_id.as_ref()
+    }
+
+    /// True once authenticated and until closed.
+    pub fn is_established(&self) -> bool {
+        matches!(self.state, State::Established)
+    }
+
+    /// True once closed (Bye sent or received, error, EOF).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// Heap bytes held by the input decoder (0 between frames).
+    pub fn buffered_input(&self) -> usize {
+        self.decoder.capacity()
+    }
+
+    /// The next frame to write, whole, in one write.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        let f = self.transmit.pop_front();
+        if self.transmit.is_empty() && self.transmit.capacity() > 4 {
+            self.transmit = VecDeque::new();
+        }
+        f
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        let e = self.events.pop_front();
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            // Idle sessions hold no event buffer.
+            self.events = VecDeque::new();
+        }
+        e
+    }
+
+    /// Feeds received bytes (any split). On error the session is closed, a
+    /// signed Bye is queued when a session id exists, and `Closed(Error)` is
+    /// queued as an event; the error is returned too.
+    pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) -> Result<(), ProtoError> {
+        if self.is_closed() || data.is_empty() {
+            return Ok(());
+        }
+        self.last_recv = now;
+        while !self.is_closed() {
+            let body = match self.decoder.decode(&mut data) {
+                Ok(Some(body)) => body,
+                Ok(None) => break,
+                Err(e) => return self.fail(now, e),
+            };
+            self.frame_started = None;
+            if let Err(e) = self.on_frame(now, &body) {
+                return self.fail(now, e);
+            }
+        }
+        if self.decoder.in_frame() && self.frame_started.is_none() {
+            self.frame_started = Some(now);
+        }
+        Ok(())
+    }
+
+    /// The stream ended. A frame cut short is an error; otherwise the session
+    /// closes with [`CloseReason::Eof`] (nothing if already closed).
+    pub fn handle_eof(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        if let Err(e) = self.decoder.finish() {
+            let _ = self.fail(now, e);
+            return;
+        }
+        self.state = State::Closed;
+        self.transmit.clear();
+        self.events.push_back(Event::Closed(CloseReason::Eof));
+    }
+
+    /// When [`Session::handle_timeout`] must next be called (None when closed).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        let mut t = self.last_recv + self.config.idle_timeout;
+        if self.is_established() {
+            t = t.min(self.last_send + self.config.keepalive());
+        } else {
+            t = t.min(self.created + self.config.handshake_timeout);
+        }
+        if let Some(fs) = self.frame_started {
+            t = t.min(fs + self.config.frame_timeout);
+        }
+        Some(t)
+    }
+
+    /// Fires due timers: handshake, frame and idle timeouts close the
+    /// session; an idle established session sends a heartbeat Ping.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        if !self.is_established() && now >= self.created + self.config.handshake_timeout {
+            let _ = self.fail(now, ProtoError::HandshakeTimeout);
+            return;
+        }
+        if let Some(fs) = self.frame_started {
+            if now >= fs + self.config.frame_timeout {
+                let _ = self.fail(now, ProtoError::FrameTimeout);
+                return;
+            }
+        }
+        if now >= self.last_recv + self.config.idle_timeout {
+            let _ = self.fail(now, ProtoError::IdleTimeout);
+            return;
+        }
+        if self.is_established() && now >= self.last_send + self.config.keepalive() {
+            let mut p = vec![0u8; HEARTBEAT_PING_LEN];
+            self.rng.fill_bytes(&mut p);
+            if let Err(e) = self.send_signed(now, MsgType::Ping, &p) {
+                let _ = self.fail(now, e);
+            }
+        }
+    }
+
+    /// Acceptor: authorize the peer of an [`Event::AuthorizationRequired`].
+    pub fn accept(&mut self, now: Instant) -> Result<(), ProtoError> {
+        let ping = match std::mem::replace(&mut self.state, State::Closed) {
+            State::AwaitDecision { ping } => ping,
+            other => {
+                self.state = other;
+                return Err(ProtoError::InvalidSend("accept outside authorization"));
+            }
+        };
+        if let Err(e) = self.send_signed(now, MsgType::Pong, &ping) {
+            return self.fail(now, e);
+        }
+        self.establish();
+        Ok(())
+    }
+
+    /// Acceptor: refuse the peer; sends Bye with `reason` (use
+    /// [`reasons::NOT_AUTHORIZED`]) and closes.
+    pub fn reject(&mut self, now: Instant, reason: &str) {
+        self.close(now, reason);
+    }
+
+    /// Sends a Ping with `payload` (at most 64 bytes); the answer comes as
+    /// [`Event::Pong`].
+    pub fn send_ping(&mut self, now: Instant, payload: &[u8]) -> Result<(), ProtoError> {
+        if payload.len() > MAX_PING_LEN {
+            return Err(ProtoError::InvalidPayload {
+                msg_type: "Ping",
+                reason: format!("{} bytes, at most {MAX_PING_LEN}", payload.len()),
+            });
+        }
+        self.check_established()?;
+        self.send_signed(now, MsgType::Ping, payload)
+    }
+
+    /// Sends a message on an established session. Ping goes through
+    /// [`Session::send_ping`], Bye through [`Session::close`]; Hello and Pong
+    /// are the session's own business.
+    pub fn send(&mut self, now: Instant, msg: Message) -> Result<(), ProtoError> {
+        match msg {
+            Message::Hello(_) => Err(ProtoError::InvalidSend("Hello")),
+            Message::Pong(_) => Err(ProtoError::InvalidSend("Pong")),
+            Message::Ping(p) => self.send_ping(now, &p),
+            Message::Bye(b) => {
+                self.check_not_closed()?;
+                self.close(now, &b.reason);
+                Ok(())
+            }
+            other => {
+                self.check_established()?;
+                let payload = other.encode_payload();
+                self.send_signed(now, other.msg_type(), &payload)
+            }
+        }
+    }
+
+    /// Closes the session: queues Bye with `reason` when a session id exists
+    /// (otherwise there is nothing to sign it with) and `Closed(Local)`.
+    pub fn close(&mut self, now: Instant, reason: &str) {
+        if self.is_closed() {
+            return;
+        }
+        let reason = cut_reason(reason.to_string());
+        if self.session_id.is_some() {
+            let payload = Message::Bye(Bye {
+                reason: reason.clone(),
+            })
+            .encode_payload();
+            let _ = self.send_signed(now, MsgType::Bye, &payload);
+        }
+        self.state = State::Closed;
+        self.events
+            .push_back(Event::Closed(CloseReason::Local(reason)));
+    }
+
+    fn check_not_closed(&self) -> Result<(), ProtoError> {
+        if self.is_closed() {
+            Err(ProtoError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_established(&self) -> Result<(), ProtoError> {
+        self.check_not_closed()?;
+        if !self.is_established() {
+            return Err(ProtoError::NotEstablished);
+        }
+        Ok(())
+    }
+
+    fn establish(&mut self) {
+        self.state = State::Established;
+        let peer = self.peer.clone().expect("peer known once Hello verified");
+        let session_id = self
+            .session_id
+            .expect("session id known once Hello verified");
+        self.events
+            .push_back(Event::Authenticated { peer, session_id });
+    }
+
+    fn fail(&mut self, now: Instant, err: ProtoError) -> Result<(), ProtoError> {
+        if !self.is_closed() {
+            if self.session_id.is_some() {
+                let payload = Message::Bye(Bye {
+                    reason: bye_reason_for(&err),
+                })
+                .encode_payload();
+                let _ = self.send_signed(now, MsgType::Bye, &payload);
+            }
+            self.state = State::Closed;
+            self.events
+                .push_back(Event::Closed(CloseReason::Error(err.clone())));
+        }
+        Err(err)
+    }
+
+    fn send_signed(
+        &mut self,
+        now: Instant,
+        msg_type: MsgType,
+        payload: &[u8],
+    ) -> Result<(), ProtoError> {
+        let sid = self.session_id.ok_or(ProtoError::NotEstablished)?;
+        let seq = self.send_seq;
+        let next = seq.checked_add(1).ok_or(ProtoError::SequenceExhausted)?;
+        let sig = self
+            .identity
+            .sign(&signed_bytes(&sid, self.role, seq, msg_type, payload));
+        let frame = encode_frame(msg_type, payload, &sig.to_bytes())?;
+        self.send_seq = next;
+        self.transmit.push_back(frame);
+        self.last_send = now;
+        Ok(())
+    }
+
+    fn on_frame(&mut self, now: Instant, body: &[u8]) -> Result<(), ProtoError> {
+        let raw = RawMessage::from_body(body)?;
+        if matches!(self.state, State::AwaitHello) {
+            if raw.msg_type != MsgType::Hello {
+                return Err(ProtoError::UnexpectedMessage {
+                    msg_type: raw.msg_type.as_str(),
+                    state: self.state.name(),
+                });
+            }
+            return self.on_hello(now, raw);
+        }
+        if raw.msg_type == MsgType::Hello {
+            return Err(ProtoError::UnexpectedMessage {
+                msg_type: "Hello",
+                state: self.state.name(),
+            });
+        }
+        // Verify before looking inside the payload.
+        let sid = self.session_id.expect("session id exists after Hello");
+        let peer_key = self.peer.as_ref().expect("peer exists after Hello").pubkey;
+        let signed = signed_bytes(
+            &sid,
+            self.role.peer(),
+            self.recv_seq,
+            raw.msg_type,
+            &raw.payload,
+        );
+        peer_key
+            .verify(&signed, &Signature::from_bytes(&raw.signature))
+            .map_err(|_| ProtoError::BadSignature {
+                msg_type: raw.msg_type.as_str(),
+            })?;
+        self.recv_seq = self
+            .recv_seq
+            .checked_add(1)
+            .ok_or(ProtoError::SequenceExhausted)?;
+        let msg = Message::decode_payload(raw.msg_type, &raw.payload)?;
+        if let Message::Bye(b) = msg {
+            self.state = State::Closed;
+            self.transmit.clear();
+            self.events
+                .push_back(Event::Closed(CloseReason::Remote(b.reason)));
+            return Ok(());
+        }
+        let unexpected = |state: &State, t: MsgType| ProtoError::UnexpectedMessage {
+            msg_type: t.as_str(),
+            state: state.name(),
+        };
+        match (&self.state, msg) {
+            (State::AwaitPong { ping }, Message::Pong(p)) => {
+                if *ping != p {
+                    return Err(ProtoError::PongMismatch);
+                }
+                self.establish();
+            }
+            (State::AwaitPing, Message::Ping(p)) => {
+                let peer = self.peer.clone().expect("peer exists after Hello");
+                self.state = State::AwaitDecision { ping: p };
+                self.events.push_back(Event::AuthorizationRequired(peer));
+            }
+            (State::Established, Message::Ping(p)) => {
+                self.send_signed(now, MsgType::Pong, &p)?;
+            }
+            (State::Established, Message::Pong(p)) => self.events.push_back(Event::Pong(p)),
+            (State::Established, m) => self.events.push_back(Event::Message(m)),
+            (state, m) => return Err(unexpected(state, m.msg_type())),
+        }
+        Ok(())
+    }
+
+    fn on_hello(&mut self, now: Instant, raw: RawMessage) -> Result<(), ProtoError> {
+        let hello = match Message::decode_payload(MsgType::Hello, &raw.payload)? {
+            Message::Hello(h) => h,
+            _ => unreachable!("decode_payload(Hello) yields Hello"),
+        };
+        let pubkey: PublicKey = hello
+            .pubkey
+            .parse()
+            .map_err(|e| ProtoError::InvalidPayload {
+                msg_type: "Hello",
+                reason: format!("pubkey: {e}"),
+            })?;
+        pubkey
+            .verify(
+                &hello_signed_bytes(&raw.payload),
+                &Signature::from_bytes(&raw.signature),
+            )
+            .map_err(|_| ProtoError::BadSignature { msg_type: "Hello" })?;
+        let own = std::mem::take(&mut self.own_hello);
+        let sid = match self.role {
+            Role::Initiator => compute_session_id(&own, &raw.payload),
+            Role::Acceptor => compute_session_id(&raw.payload, &own),
+        };
+        self.session_id = Some(sid);
+        if let Some(expected) = self.expected {
+            if expected != pubkey {
+                return Err(ProtoError::WrongPubkey {
+                    expected: expected.to_hex(),
+                    got: pubkey.to_hex(),
+                });
+            }
+        }
+        let version = self
+            .config
+            .versions
+            .iter()
+            .filter(|v| hello.versions.contains(v))
+            .max()
+            .copied()
+            .ok_or_else(|| ProtoError::VersionMismatch {
+                ours: self.config.versions.clone(),
+                theirs: hello.versions.clone(),
+            })?;
+        self.peer = Some(PeerInfo {
+            pubkey,
+            version,
+            agent: hello.agent,
+            listen_port: hello.listen_port,
+            capabilities: hello.capabilities,
+        });
+        match self.role {
+            Role::Initiator => {
+                let mut ping = vec![0u8; AUTH_PING_LEN];
+                self.rng.fill_bytes(&mut ping);
+                self.send_signed(now, MsgType::Ping, &ping)?;
+                self.state = State::AwaitPong { ping };
+            }
+            Role::Acceptor => self.state = State::AwaitPing,
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

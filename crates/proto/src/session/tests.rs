@@ -1,0 +1,632 @@
+use super::*;
+use crate::message::{MemoryRequest, MemoryResponse};
+use proptest::prelude::*;
+use rand::{rngs::StdRng, SeedableRng};
+
+/// Fills every byte with one value: deterministic Ping payloads.
+pub(crate) struct FillRng(pub u8);
+impl rand::RngCore for FillRng {
+    fn next_u32(&mut self) -> u32 {
+        u32::from_ne_bytes([self.0; 4])
+    }
+    fn next_u64(&mut self) -> u64 {
+        u64::from_ne_bytes([self.0; 8])
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        dest.fill(self.0)
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        dest.fill(self.0);
+        Ok(())
+    }
+}
+
+fn id(n: u8) -> Arc<Identity> {
+    Arc::new(Identity::from_secret_bytes(&[n; 32]))
+}
+
+fn cfg() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        agent: "mmogit/test".into(),
+        handshake_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(20),
+        heartbeat_interval: Duration::from_secs(4),
+        frame_timeout: Duration::from_secs(3),
+        ..SessionConfig::default()
+    })
+}
+
+struct Pair {
+    i: Session,
+    a: Session,
+    now: Instant,
+    i_events: Vec<Event>,
+    a_events: Vec<Event>,
+}
+
+impl Pair {
+    fn new(i_key: u8, a_key: u8, expected: Option<PublicKey>) -> Pair {
+        Self::with(i_key, a_key, expected, cfg(), cfg(), [0x22; 32])
+    }
+
+    fn with(
+        i_key: u8,
+        a_key: u8,
+        expected: Option<PublicKey>,
+        icfg: Arc<SessionConfig>,
+        acfg: Arc<SessionConfig>,
+        a_nonce: [u8; 32],
+    ) -> Pair {
+        let now = Instant::now();
+        Pair {
+            i: Session::initiator(
+                id(i_key),
+                icfg,
+                expected,
+                [0x11; 32],
+                Box::new(FillRng(0x33)),
+                now,
+            ),
+            a: Session::acceptor(id(a_key), acfg, a_nonce, Box::new(FillRng(0x44)), now),
+            now,
+            i_events: vec![],
+            a_events: vec![],
+        }
+    }
+
+    /// Moves bytes both ways until quiet; returns frames sent i→a and a→i.
+    fn run(&mut self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let (mut ia, mut ai) = (vec![], vec![]);
+        for _ in 0..100 {
+            let mut moved = false;
+            while let Some(f) = self.i.poll_transmit() {
+                let _ = self.a.handle_input(self.now, &f);
+                ia.push(f);
+                moved = true;
+            }
+            while let Some(f) = self.a.poll_transmit() {
+                let _ = self.i.handle_input(self.now, &f);
+                ai.push(f);
+                moved = true;
+            }
+            while let Some(e) = self.i.poll_event() {
+                self.i_events.push(e);
+            }
+            while let Some(e) = self.a.poll_event() {
+                if matches!(e, Event::AuthorizationRequired(_)) {
+                    self.a.accept(self.now).unwrap();
+                    moved = true;
+                }
+                self.a_events.push(e);
+            }
+            if !moved {
+                break;
+            }
+        }
+        (ia, ai)
+    }
+}
+
+fn bye_reason(frames: &[Vec<u8>]) -> Option<String> {
+    frames.iter().find_map(|f| {
+        let raw = RawMessage::from_body(&f[4..]).ok()?;
+        match Message::decode_payload(raw.msg_type, &raw.payload).ok()? {
+            Message::Bye(b) => Some(b.reason),
+            _ => None,
+        }
+    })
+}
+
+fn closed_error(events: &[Event]) -> Option<ProtoError> {
+    events.iter().find_map(|e| match e {
+        Event::Closed(CloseReason::Error(err)) => Some(err.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn full_handshake_then_messages() {
+    let mut p = Pair::new(1, 2, Some(id(2).public_key()));
+    let (ia, ai) = p.run();
+    // Hello + Ping one way, Hello + Pong the other.
+    assert_eq!((ia.len(), ai.len()), (2, 2));
+    assert!(p.i.is_established() && p.a.is_established());
+    assert_eq!(p.i.session_id(), p.a.session_id());
+    assert!(
+        matches!(&p.a_events[0], Event::AuthorizationRequired(peer) if peer.pubkey == id(1).public_key())
+    );
+    assert!(
+        matches!(&p.i_events[0], Event::Authenticated { peer, .. } if peer.pubkey == id(2).public_key() && peer.version == 1)
+    );
+    assert!(
+        matches!(&p.a_events[1], Event::Authenticated { peer, .. } if peer.agent == "mmogit/test")
+    );
+
+    let req = Message::MemoryRequest(MemoryRequest {
+        limit: Some(5),
+        ..Default::default()
+    });
+    p.i.send(p.now, req.clone()).unwrap();
+    p.a.send(p.now, Message::MemoryResponse(MemoryResponse::default()))
+        .unwrap();
+    p.i.send_ping(p.now, b"abc").unwrap();
+    p.a.send_ping(p.now, b"xyz").unwrap();
+    p.run();
+    assert!(p.a_events.contains(&Event::Message(req)));
+    assert!(p.i_events.contains(&Event::Pong(b"abc".to_vec())));
+    assert!(p.a_events.contains(&Event::Pong(b"xyz".to_vec())));
+    assert!(p
+        .i_events
+        .iter()
+        .any(|e| matches!(e, Event::Message(Message::MemoryResponse(_)))));
+
+    // Bye from either side closes both.
+    p.a.close(p.now, "shutting down");
+    p.run();
+    assert!(p.i.is_closed() && p.a.is_closed());
+    assert!(p
+        .i_events
+        .contains(&Event::Closed(CloseReason::Remote("shutting down".into()))));
+    assert!(p
+        .a_events
+        .contains(&Event::Closed(CloseReason::Local("shutting down".into()))));
+    assert_eq!(p.i.send_ping(p.now, b"x"), Err(ProtoError::Closed));
+    assert_eq!(p.i.poll_timeout(), None);
+}
+
+#[test]
+fn no_send_before_authentication() {
+    let mut p = Pair::new(1, 2, None);
+    assert_eq!(
+        p.i.send(p.now, Message::MemoryRequest(Default::default())),
+        Err(ProtoError::NotEstablished)
+    );
+    assert_eq!(p.i.send_ping(p.now, b""), Err(ProtoError::NotEstablished));
+    assert!(p.i.send(p.now, Message::Pong(vec![])).is_err());
+    assert!(p.i.send(p.now, Message::Hello(test_hello())).is_err());
+}
+
+fn test_hello() -> Hello {
+    Hello {
+        protocol: "mmogit".into(),
+        versions: vec![1],
+        pubkey: id(9).public_key().to_hex(),
+        nonce: B64.encode([0u8; 32]),
+        agent: "x".into(),
+        listen_port: None,
+        capabilities: vec![],
+    }
+}
+
+#[test]
+fn untrusted_key_gets_not_authorized() {
+    let mut p = Pair::new(1, 2, None);
+    // Hellos, then the Ping reaches the acceptor.
+    let f = p.i.poll_transmit().unwrap();
+    p.a.handle_input(p.now, &f).unwrap();
+    let f = p.a.poll_transmit().unwrap();
+    p.i.handle_input(p.now, &f).unwrap();
+    let ping = p.i.poll_transmit().unwrap();
+    p.a.handle_input(p.now, &ping).unwrap();
+    assert!(matches!(
+        p.a.poll_event(),
+        Some(Event::AuthorizationRequired(_))
+    ));
+    p.a.reject(p.now, reasons::NOT_AUTHORIZED);
+    let bye = p.a.poll_transmit().unwrap();
+    assert_eq!(
+        bye_reason(std::slice::from_ref(&bye)).as_deref(),
+        Some("not authorized")
+    );
+    assert!(
+        p.a.poll_transmit().is_none(),
+        "no Pong for an untrusted key"
+    );
+    p.i.handle_input(p.now, &bye).unwrap();
+    assert!(p.i.is_closed());
+    assert_eq!(
+        p.i.poll_event(),
+        Some(Event::Closed(CloseReason::Remote("not authorized".into())))
+    );
+}
+
+#[test]
+fn wrong_expected_pubkey() {
+    let mut p = Pair::new(1, 2, Some(id(3).public_key()));
+    let (ia, _) = p.run();
+    assert!(matches!(
+        closed_error(&p.i_events),
+        Some(ProtoError::WrongPubkey { .. })
+    ));
+    assert!(ProtoError::WrongPubkey {
+        expected: "a".into(),
+        got: "b".into()
+    }
+    .to_string()
+    .contains("possible impersonation"));
+    assert_eq!(bye_reason(&ia).as_deref(), Some("wrong pubkey"));
+    assert!(!p.a.is_established());
+}
+
+#[test]
+fn hello_signed_by_another_key_is_refused() {
+    // A Hello carrying key 1 but signed by key 3.
+    let hello = Hello {
+        pubkey: id(1).public_key().to_hex(),
+        ..test_hello()
+    };
+    let payload = Message::Hello(hello).encode_payload();
+    let sig = id(3).sign(&hello_signed_bytes(&payload));
+    let frame = encode_frame(MsgType::Hello, &payload, &sig.to_bytes()).unwrap();
+    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
+    a.poll_transmit();
+    assert_eq!(
+        a.handle_input(Instant::now(), &frame),
+        Err(ProtoError::BadSignature { msg_type: "Hello" })
+    );
+    assert!(a.is_closed());
+    assert!(a.poll_transmit().is_none(), "no session id, so no Bye");
+}
+
+#[test]
+fn version_mismatch_names_both_sides() {
+    let v2 = Arc::new(SessionConfig {
+        versions: vec![2, 3],
+        ..(*cfg()).clone()
+    });
+    let mut p = Pair::with(1, 2, None, cfg(), v2, [0x22; 32]);
+    let (ia, ai) = p.run();
+    let want = ProtoError::VersionMismatch {
+        ours: vec![1],
+        theirs: vec![2, 3],
+    };
+    assert_eq!(closed_error(&p.i_events), Some(want));
+    assert_eq!(
+        bye_reason(&ia).as_deref(),
+        Some("version mismatch: we support [1], you support [2, 3]")
+    );
+    assert_eq!(
+        bye_reason(&ai).as_deref(),
+        Some("version mismatch: we support [2, 3], you support [1]")
+    );
+    // Highest common version wins.
+    let many = Arc::new(SessionConfig {
+        versions: vec![1, 2, 5],
+        ..(*cfg()).clone()
+    });
+    let some = Arc::new(SessionConfig {
+        versions: vec![5, 2, 9],
+        ..(*cfg()).clone()
+    });
+    let mut p = Pair::with(1, 2, None, many, some, [0x22; 32]);
+    p.run();
+    assert_eq!(p.i.peer().unwrap().version, 5);
+    assert_eq!(p.a.peer().unwrap().version, 5);
+}
+
+#[test]
+fn replay_from_earlier_session_fails() {
+    let mut p1 = Pair::new(1, 2, None);
+    let (ia1, _) = p1.run();
+    assert!(p1.a.is_established());
+    // Same keys, same initiator nonce; the acceptor's fresh nonce differs.
+    let mut a2 = Session::acceptor(id(2), cfg(), [0x99; 32], Box::new(FillRng(5)), p1.now);
+    a2.handle_input(p1.now, &ia1[0]).unwrap(); // replayed Hello: accepted as a Hello...
+    let err = a2.handle_input(p1.now, &ia1[1]).unwrap_err(); // ...but its Ping is not
+    assert_eq!(err, ProtoError::BadSignature { msg_type: "Ping" });
+    let mut out = vec![];
+    while let Some(f) = a2.poll_transmit() {
+        out.push(f);
+    }
+    assert_eq!(bye_reason(&out).as_deref(), Some("bad signature"));
+    let events: Vec<Event> = std::iter::from_fn(|| a2.poll_event()).collect();
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::AuthorizationRequired(_))));
+}
+
+#[test]
+fn replayed_hello_alone_times_out() {
+    let mut p1 = Pair::new(1, 2, None);
+    let (ia1, _) = p1.run();
+    let t0 = Instant::now();
+    let mut a2 = Session::acceptor(id(2), cfg(), [0x99; 32], Box::new(FillRng(5)), t0);
+    a2.handle_input(t0, &ia1[0]).unwrap();
+    assert!(!a2.is_established());
+    let deadline = a2.poll_timeout().unwrap();
+    assert_eq!(deadline, t0 + Duration::from_secs(5));
+    a2.handle_timeout(deadline);
+    assert!(a2.is_closed());
+    let events: Vec<Event> = std::iter::from_fn(|| a2.poll_event()).collect();
+    assert_eq!(
+        events,
+        vec![Event::Closed(CloseReason::Error(
+            ProtoError::HandshakeTimeout
+        ))]
+    );
+}
+
+fn established() -> Pair {
+    let mut p = Pair::new(1, 2, None);
+    p.run();
+    assert!(p.i.is_established() && p.a.is_established());
+    p
+}
+
+#[test]
+fn reordered_frames_fail() {
+    let mut p = established();
+    p.i.send_ping(p.now, b"1").unwrap();
+    p.i.send_ping(p.now, b"2").unwrap();
+    let f1 = p.i.poll_transmit().unwrap();
+    let f2 = p.i.poll_transmit().unwrap();
+    let _ = f1;
+    assert_eq!(
+        p.a.handle_input(p.now, &f2),
+        Err(ProtoError::BadSignature { msg_type: "Ping" })
+    );
+    assert!(p.a.is_closed());
+}
+
+#[test]
+fn duplicated_frame_fails() {
+    let mut p = established();
+    p.i.send_ping(p.now, b"1").unwrap();
+    let f1 = p.i.poll_transmit().unwrap();
+    p.a.handle_input(p.now, &f1).unwrap();
+    assert_eq!(
+        p.a.handle_input(p.now, &f1),
+        Err(ProtoError::BadSignature { msg_type: "Ping" })
+    );
+}
+
+#[test]
+fn frame_signed_by_someone_else_or_tampered_fails() {
+    let mut p = established();
+    let sid = *p.i.session_id().unwrap();
+    // Correct bytes, wrong signer.
+    let payload = b"hi";
+    let sig = id(7).sign(&signed_bytes(
+        &sid,
+        Role::Initiator,
+        1,
+        MsgType::Ping,
+        payload,
+    ));
+    let frame = encode_frame(MsgType::Ping, payload, &sig.to_bytes()).unwrap();
+    assert!(matches!(
+        p.a.handle_input(p.now, &frame),
+        Err(ProtoError::BadSignature { .. })
+    ));
+
+    // Tampered signature.
+    let mut p = established();
+    p.i.send_ping(p.now, b"1").unwrap();
+    let f = p.i.poll_transmit().unwrap();
+    let mut raw = RawMessage::from_body(&f[4..]).unwrap();
+    raw.signature[3] ^= 1;
+    assert!(matches!(
+        p.a.handle_input(p.now, &raw.to_frame().unwrap()),
+        Err(ProtoError::BadSignature { .. })
+    ));
+
+    // Wrong role byte: the acceptor's own signature reflected back.
+    let mut p = established();
+    p.a.send_ping(p.now, b"r").unwrap();
+    let f = p.a.poll_transmit().unwrap();
+    assert!(matches!(
+        p.a.handle_input(p.now, &f),
+        Err(ProtoError::BadSignature { .. })
+    ));
+
+    // Missing signature.
+    let mut p = established();
+    let body = br#"{"msg_type":"Ping","payload":"","signature":""}"#;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    assert_eq!(
+        p.a.handle_input(p.now, &frame),
+        Err(ProtoError::BadSignatureEncoding)
+    );
+    let out: Vec<_> = std::iter::from_fn(|| p.a.poll_transmit()).collect();
+    assert!(bye_reason(&out).unwrap().starts_with("protocol error"));
+}
+
+#[test]
+fn garbage_unknown_type_and_out_of_order_messages() {
+    let body = br#"{"msg_type":"Gossip","payload":"","signature":""}"#;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
+    assert!(matches!(
+        a.handle_input(Instant::now(), &frame),
+        Err(ProtoError::UnknownMessageType(_))
+    ));
+
+    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
+    assert!(matches!(
+        a.handle_input(Instant::now(), b"\0\0\0\x05hello"),
+        Err(ProtoError::InvalidJson(_))
+    ));
+
+    // Something other than Hello first.
+    let mut p = established();
+    p.i.send_ping(p.now, b"1").unwrap();
+    let ping = p.i.poll_transmit().unwrap();
+    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
+    assert!(matches!(
+        a.handle_input(Instant::now(), &ping),
+        Err(ProtoError::UnexpectedMessage { .. })
+    ));
+
+    // A correctly signed MemoryRequest instead of the authentication Ping.
+    let mut p = Pair::new(1, 2, None);
+    let hello_i = p.i.poll_transmit().unwrap();
+    p.a.handle_input(p.now, &hello_i).unwrap();
+    let sid = *p.a.session_id().unwrap();
+    let payload = Message::MemoryRequest(Default::default()).encode_payload();
+    let sig = id(1).sign(&signed_bytes(
+        &sid,
+        Role::Initiator,
+        0,
+        MsgType::MemoryRequest,
+        &payload,
+    ));
+    let frame = encode_frame(MsgType::MemoryRequest, &payload, &sig.to_bytes()).unwrap();
+    assert!(matches!(
+        p.a.handle_input(p.now, &frame),
+        Err(ProtoError::UnexpectedMessage { .. })
+    ));
+
+    // A second Hello.
+    let mut p = established();
+    let mut q = Pair::new(1, 2, None);
+    let hello = q.i.poll_transmit().unwrap();
+    assert!(matches!(
+        p.a.handle_input(p.now, &hello),
+        Err(ProtoError::UnexpectedMessage { .. })
+    ));
+}
+
+#[test]
+fn heartbeat_idle_and_frame_timeouts() {
+    let mut p = established();
+    let t = p.now;
+    // keepalive = min(4 s, 20 s / 2) = 4 s after the last send.
+    let due = p.i.poll_timeout().unwrap();
+    assert_eq!(due, t + Duration::from_secs(4));
+    p.i.handle_timeout(t + Duration::from_secs(3));
+    assert!(p.i.poll_transmit().is_none());
+    p.now = due;
+    p.i.handle_timeout(due);
+    let hb = p.i.poll_transmit().unwrap();
+    assert_eq!(hb.len(), 151, "heartbeat Ping frame size");
+    p.a.handle_input(p.now, &hb).unwrap();
+    let pong = p.a.poll_transmit().unwrap();
+    p.i.handle_input(p.now, &pong).unwrap();
+    assert!(matches!(p.i.poll_event(), Some(Event::Pong(x)) if x.len() == 8));
+
+    // Idle: nothing received for 20 s closes (heartbeats keep going meanwhile).
+    let mut p = established();
+    let t = p.now;
+    let mut now = t;
+    for _ in 0..10 {
+        now = p.i.poll_timeout().unwrap();
+        p.i.handle_timeout(now);
+        if p.i.is_closed() {
+            break;
+        }
+    }
+    assert_eq!(now, t + Duration::from_secs(20));
+    assert!(p.i.is_closed());
+    let out: Vec<_> = std::iter::from_fn(|| p.i.poll_transmit()).collect();
+    assert_eq!(bye_reason(&out).as_deref(), Some("idle timeout"));
+
+    // Slow sender: one byte a second never completes a frame within 3 s.
+    let mut p = established();
+    p.i.send_ping(p.now, b"slow").unwrap();
+    let f = p.i.poll_transmit().unwrap();
+    let mut now = p.now;
+    for (k, b) in f.iter().enumerate() {
+        now = p.now + Duration::from_secs(k as u64);
+        if let Some(due) = p.a.poll_timeout() {
+            if due <= now {
+                p.a.handle_timeout(now);
+            }
+        }
+        if p.a.is_closed() {
+            break;
+        }
+        p.a.handle_input(now, std::slice::from_ref(b)).unwrap();
+    }
+    assert!(p.a.is_closed());
+    assert!(now <= p.now + Duration::from_secs(4));
+    let events: Vec<_> = std::iter::from_fn(|| p.a.poll_event()).collect();
+    assert!(events.contains(&Event::Closed(CloseReason::Error(ProtoError::FrameTimeout))));
+}
+
+#[test]
+fn eof_mid_frame_is_truncation() {
+    let mut p = established();
+    p.i.send_ping(p.now, b"1").unwrap();
+    let f = p.i.poll_transmit().unwrap();
+    p.a.handle_input(p.now, &f[..10]).unwrap();
+    p.a.handle_eof(p.now);
+    let events: Vec<_> = std::iter::from_fn(|| p.a.poll_event()).collect();
+    assert!(matches!(
+        events.last(),
+        Some(Event::Closed(CloseReason::Error(
+            ProtoError::Truncated { .. }
+        )))
+    ));
+    let mut p = established();
+    p.a.handle_eof(p.now);
+    assert_eq!(p.a.poll_event(), Some(Event::Closed(CloseReason::Eof)));
+}
+
+#[test]
+fn idle_session_holds_no_buffers() {
+    let mut p = established();
+    p.i.send_ping(p.now, b"x").unwrap();
+    p.run();
+    assert_eq!(p.a.buffered_input(), 0);
+    assert_eq!(p.a.events.capacity(), 0);
+}
+
+#[test]
+fn frame_sizes() {
+    let mut p = established();
+    p.i.send_ping(p.now, &[0; 32]).unwrap();
+    assert_eq!(p.i.poll_transmit().unwrap().len(), 183);
+    p.i.send_ping(p.now, &[]).unwrap();
+    assert_eq!(p.i.poll_transmit().unwrap().len(), 139);
+}
+
+/// Returns whether the session ever authenticated.
+fn feed_random(s: &mut Session, data: &[u8], split: usize) -> bool {
+    let now = Instant::now();
+    let mut authenticated = false;
+    for c in data.chunks(split) {
+        let _ = s.handle_input(now, c);
+        while s.poll_transmit().is_some() {}
+        while let Some(e) = s.poll_event() {
+            if matches!(e, Event::AuthorizationRequired(_)) {
+                let _ = s.accept(now);
+            }
+            authenticated |= matches!(e, Event::Authenticated { .. });
+        }
+    }
+    s.handle_eof(now);
+    assert!(s.is_closed());
+    authenticated
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Bounded stand-in for the fuzz targets: random bytes at random split
+    /// points into fresh and established sessions never panic.
+    #[test]
+    fn random_bytes_into_sessions(data in prop::collection::vec(any::<u8>(), 0..1500), split in 1usize..200, seed in any::<u64>()) {
+        let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(StdRng::seed_from_u64(seed)), Instant::now());
+        feed_random(&mut a, &data, split);
+        let mut i = Session::initiator(id(1), cfg(), None, [0; 32], Box::new(StdRng::seed_from_u64(seed)), Instant::now());
+        feed_random(&mut i, &data, split);
+        let mut p = established();
+        feed_random(&mut p.a, &data, split);
+    }
+
+    /// A valid stream with random bytes flipped never panics and never
+    /// authenticates anything it should not.
+    #[test]
+    fn mutated_handshake(pos in 0usize..400, bit in 0u8..8, split in 1usize..64) {
+        let mut p = Pair::new(1, 2, None);
+        let (ia, _) = p.run();
+        let mut stream: Vec<u8> = ia.concat();
+        let pos = pos % stream.len();
+        stream[pos] ^= 1 << bit;
+        let mut a2 = Session::acceptor(id(2), cfg(), [0x22; 32], Box::new(FillRng(0x44)), p.now);
+        a2.poll_transmit();
+        prop_assert!(!feed_random(&mut a2, &stream, split));
+    }
+}
