@@ -1,0 +1,10 @@
+//! One module per subcommand.
+
+pub mod import;
+pub mod init;
+pub mod post;
+pub mod recall;
+pub mod remember;
+pub mod show;
+pub mod verify;
+pub mod whoami;

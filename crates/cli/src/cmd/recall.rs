@@ -1,0 +1,122 @@
+//! `mmogit recall`: memories from every branch, newest first.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use mmogit_store::{Filter, MemoryType, RecallResult};
+
+use crate::cmd::remember::parse_type;
+use crate::output::{print_human, print_json, MemoryJson};
+use crate::Ctx;
+
+/// Filters shared by `recall` and `show`.
+#[derive(clap::Args, Debug, Default)]
+pub struct FilterArgs {
+    /// Only memories with this tag (repeat: all of them)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only memories by this author: `me`, a public key, or a unique prefix of at least 8 hex
+    #[arg(long = "author", value_name = "PUBKEY|me")]
+    pub authors: Vec<String>,
+    /// Only memories created since a time (RFC 3339, e.g. 2026-11-25T10:00:00Z) or a duration ago (30m, 2h, 3d)
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    pub since: Option<SystemTime>,
+    /// At most this many, the newest
+    #[arg(long, short = 'n', value_name = "N")]
+    pub limit: Option<usize>,
+    /// Print a JSON array of memories
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Recall memories from every branch (yours and replicated ones), newest first.
+///
+/// Example: `mmogit recall --tag rust --since 3d --limit 20 --json`
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Only memories of this type (repeat: any of them)
+    #[arg(long = "type", short = 't', value_parser = parse_type)]
+    pub kinds: Vec<MemoryType>,
+    /// Only memories with at least this confidence
+    #[arg(long, value_name = "0..1")]
+    pub min_confidence: Option<f64>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+}
+
+pub fn parse_since(s: &str) -> Result<SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => SystemTime::now()
+            .checked_sub(d)
+            .ok_or_else(|| format!("`{s}` reaches back before 1970")),
+        Err(_) => Err(format!(
+            "`{s}` is neither an RFC 3339 time (2026-11-25T10:00:00Z) nor a duration (30m, 2h, 3d)"
+        )),
+    }
+}
+
+/// Runs a recall and prints the result; warnings about unusable files go to stderr.
+pub fn recall_and_print(
+    ctx: &Ctx,
+    args: &FilterArgs,
+    kinds: Vec<MemoryType>,
+    min_confidence: Option<f64>,
+) -> anyhow::Result<ExitCode> {
+    if let Some(c) = min_confidence {
+        if !(0.0..=1.0).contains(&c) {
+            return Err(crate::exit::Exit::new(
+                crate::exit::code::USAGE,
+                format!("--min-confidence {c} is outside 0..1"),
+            )
+            .into());
+        }
+    }
+    // Recall works without an identity (a read-only replica), but then
+    // nothing private can be decrypted and `me` means nothing.
+    let me = ctx.home.load_identity().ok();
+    let store = ctx.home.open_store()?;
+    let mut authors = Vec::new();
+    for a in &args.authors {
+        authors.push(
+            ctx.home
+                .resolve_author(a, me.as_ref().map(|i| i.public_key()).as_ref())?,
+        );
+    }
+    let filter = Filter {
+        kinds,
+        tags: args.tags.clone(),
+        authors,
+        since: args.since,
+        min_confidence,
+        limit: args.limit,
+    };
+    let RecallResult { memories, warnings } = store.recall(&filter)?;
+    for w in &warnings {
+        tracing::warn!("skipping {}: {}", w.path, w.reason);
+    }
+    if args.json {
+        let out: Vec<MemoryJson> = memories
+            .iter()
+            .map(|m| MemoryJson::new(m, me.as_ref()))
+            .collect();
+        print_json(&out)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for m in &memories {
+            print_human(&mut out, m, me.as_ref())?;
+        }
+        out.flush()?;
+        if memories.is_empty() && !ctx.quiet {
+            eprintln!("no memories match");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    recall_and_print(ctx, &args.filter, args.kinds, args.min_confidence)
+}

@@ -1,0 +1,109 @@
+//! Errors become one clear line on stderr and a documented exit code.
+
+use std::process::ExitCode;
+
+use mmogit::HomeError;
+use mmogit_identity::IdentityError;
+use mmogit_store::StoreError;
+
+/// Exit codes a script can rely on (listed in the README).
+pub mod code {
+    /// Any failure not listed below.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line or bad input (clap uses 2 for usage errors too).
+    pub const USAGE: u8 = 2;
+    /// No identity in the home: run `mmogit init`.
+    pub const NOT_INITIALIZED: u8 = 3;
+    /// Verification failed: a memory or a history is forged or damaged.
+    pub const VERIFICATION_FAILED: u8 = 4;
+    /// The key file is unsafe (readable by others) or corrupt.
+    pub const KEY_FILE: u8 = 5;
+}
+
+/// An error that carries its own exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn new(code: u8, message: impl Into<String>) -> Exit {
+        Exit {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn identity_code(e: &IdentityError) -> Option<u8> {
+    match e {
+        IdentityError::KeyFilePermissions { .. } | IdentityError::KeyFileCorrupt { .. } => {
+            Some(code::KEY_FILE)
+        }
+        IdentityError::InvalidPhrase(_) | IdentityError::InvalidPublicKey(_) => Some(code::USAGE),
+        _ => None,
+    }
+}
+
+fn store_code(e: &StoreError) -> Option<u8> {
+    match e {
+        StoreError::InvalidMemory(_) => Some(code::USAGE),
+        StoreError::NoRepository(_) => Some(code::NOT_INITIALIZED),
+        _ => None,
+    }
+}
+
+fn home_code(e: &HomeError) -> Option<u8> {
+    match e {
+        HomeError::NotInitialized(_) => Some(code::NOT_INITIALIZED),
+        HomeError::BadKey(_) | HomeError::UnknownKey { .. } | HomeError::AmbiguousKey { .. } => {
+            Some(code::USAGE)
+        }
+        HomeError::Identity(e) => identity_code(e),
+        HomeError::Store(e) => store_code(e),
+        _ => None,
+    }
+}
+
+/// Picks the exit code of an error by looking through its causes.
+pub fn code_of(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        let found = if let Some(e) = cause.downcast_ref::<Exit>() {
+            Some(e.code)
+        } else if let Some(e) = cause.downcast_ref::<HomeError>() {
+            home_code(e)
+        } else if let Some(e) = cause.downcast_ref::<IdentityError>() {
+            identity_code(e)
+        } else if let Some(e) = cause.downcast_ref::<StoreError>() {
+            store_code(e)
+        } else {
+            None
+        };
+        if let Some(c) = found {
+            return c;
+        }
+    }
+    code::FAILURE
+}
+
+/// Prints `error: <message>` (and its causes with -v) and returns the exit code.
+pub fn report(err: &anyhow::Error, verbose: u8) -> ExitCode {
+    eprintln!("error: {err}");
+    let mut causes = err.chain().skip(1).peekable();
+    if verbose > 0 {
+        for c in causes {
+            eprintln!("  caused by: {c}");
+        }
+    } else if causes.peek().is_some() {
+        // Keep it to one line unless the cause adds something.
+        if let Some(c) = err.chain().nth(1) {
+            let s = c.to_string();
+            if !err.to_string().contains(&s) {
+                eprintln!("  caused by: {s} (-v for details)");
+            }
+        }
+    }
+    ExitCode::from(code_of(err))
+}
