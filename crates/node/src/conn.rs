@@ -1,0 +1,126 @@
+//! Drives a [`Session`] over a [`TcpStream`]: the only place bytes meet the
+//! socket. No read buffer lives across an await: bytes are read into a stack
+//! buffer inside a synchronous call and handed to the session at once, so an
+//! idle connection holds no heap for input.
+
+use std::time::{Duration, Instant};
+
+use mmogit_proto::Session;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::NodeError;
+
+/// Size of the on-stack read buffer.
+const READ_CHUNK: usize = 4096;
+
+pub(crate) struct Conn {
+    pub stream: TcpStream,
+    pub session: Session,
+    pub write_timeout: Duration,
+}
+
+/// What woke [`Conn::wait`].
+pub(crate) enum Wake {
+    /// Bytes were fed to the session (or EOF was).
+    Input,
+    /// The session timer or the caller's deadline passed (session timers handled).
+    Timer,
+    /// The cancellation token fired.
+    Cancelled,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, session: Session, write_timeout: Duration) -> Conn {
+        Conn {
+            stream,
+            session,
+            write_timeout,
+        }
+    }
+
+    /// Writes every queued frame, each with one `write_all`.
+    pub async fn flush(&mut self) -> Result<(), NodeError> {
+        while let Some(frame) = self.session.poll_transmit() {
+            match tokio::time::timeout(self.write_timeout, self.stream.write_all(&frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(NodeError::Io(e)),
+                Err(_) => return Err(NodeError::Timeout("writing to peer".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for input, the session's next timer, `deadline` or `cancel`,
+    /// and feeds the session accordingly. Bounded by the session timers.
+    pub async fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Wake, NodeError> {
+        let timer = match (self.session.poll_timeout(), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sleep = async {
+            match timer {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let cancelled = async {
+            match cancel {
+                Some(c) => c.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = cancelled => Ok(Wake::Cancelled),
+            r = self.stream.readable() => {
+                r?;
+                read_into(&self.stream, &mut self.session)?;
+                Ok(Wake::Input)
+            }
+            _ = sleep => {
+                self.session.handle_timeout(Instant::now());
+                Ok(Wake::Timer)
+            }
+        }
+    }
+
+    /// Best-effort: flush what is queued (e.g. Bye) and shut the socket.
+    pub async fn finish(&mut self, bound: Duration) {
+        let _ = tokio::time::timeout(bound, async {
+            let _ = self.flush().await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// Reads what is available into a stack buffer and feeds the session.
+fn read_into(stream: &TcpStream, session: &mut Session) -> Result<(), NodeError> {
+    let mut buf = [0u8; READ_CHUNK];
+    // A few reads per wake at most, so one busy peer cannot starve the timer.
+    for _ in 0..16 {
+        match stream.try_read(&mut buf) {
+            Ok(0) => {
+                session.handle_eof(Instant::now());
+                return Ok(());
+            }
+            Ok(n) => {
+                // Errors close the session and surface as its Closed event.
+                let _ = session.handle_input(Instant::now(), &buf[..n]);
+                if session.is_closed() || n < READ_CHUNK {
+                    return Ok(());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(NodeError::Io(e)),
+        }
+    }
+    Ok(())
+}
