@@ -48,15 +48,15 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         }
         if !ctx.quiet {
             eprintln!(
-                "{} memories in {} commits on {} branches checked in {:.2?}: {}",
-                report.memories,
-                report.commits,
-                report.branches,
+                "{} in {} on {} checked in {:.2?}: {}",
+                plural(report.memories, "memory"),
+                plural(report.commits, "commit"),
+                plural(report.branches, "branch"),
                 elapsed,
                 if report.is_ok() {
                     "all verified".to_string()
                 } else {
-                    format!("{} problems", report.problems.len())
+                    plural(report.problems.len(), "problem")
                 }
             );
         }
@@ -71,5 +71,14 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             );
         }
         Ok(ExitCode::from(code::VERIFICATION_FAILED))
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    match (n, word) {
+        (1, w) => format!("1 {w}"),
+        (n, "memory") => format!("{n} memories"),
+        (n, "branch") => format!("{n} branches"),
+        (n, w) => format!("{n} {w}s"),
     }
 }

@@ -35,7 +35,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         print_json(&out)?;
     } else {
         println!("{}", out.pubkey);
-        if !ctx.quiet {
+        if ctx.progress {
             eprintln!("home {}  repo {}", out.home, out.repo);
         }
     }
