@@ -160,7 +160,10 @@ async fn handshake(
                 }
                 Event::Closed(reason) => {
                     conn.finish(Duration::from_secs(1)).await;
-                    let err = NodeError::from_close(reason);
+                    let mut err = NodeError::from_close(reason);
+                    if let NodeError::NotAuthorized { peer } = &mut err {
+                        *peer = conn.session.peer().map(|p| p.pubkey);
+                    }
                     let who = conn.session.peer().map(|p| p.pubkey.short(12));
                     warn!(%addr, peer = ?who, error = %err, "handshake failed");
                     return Err(err);

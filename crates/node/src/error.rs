@@ -19,8 +19,12 @@ pub enum NodeError {
     #[error("timed out: {0}")]
     Timeout(String),
     /// The peer does not trust our key (it answered Bye "not authorized").
+    /// `peer` is the key the peer proved in the handshake (its Bye is signed
+    /// in the session), so the user can still see whom they talked to.
     #[error("not authorized by the peer (it has recorded our key as pending; ask its owner to trust it)")]
-    NotAuthorized,
+    NotAuthorized {
+        peer: Option<mmogit_identity::PublicKey>,
+    },
     /// The peer's key is not the one we expected.
     #[error("peer has public key {got}, expected {expected}: possible impersonation")]
     WrongPubkey { expected: String, got: String },
@@ -61,7 +65,7 @@ impl NodeError {
     pub fn from_close(reason: CloseReason) -> NodeError {
         match reason {
             CloseReason::Remote(r) if r == mmogit_proto::reasons::NOT_AUTHORIZED => {
-                NodeError::NotAuthorized
+                NodeError::NotAuthorized { peer: None }
             }
             CloseReason::Remote(r) if r.starts_with(mmogit_proto::reasons::VERSION_MISMATCH) => {
                 NodeError::VersionMismatch(r)

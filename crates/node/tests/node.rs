@@ -147,7 +147,10 @@ async fn untrusted_key_is_refused_and_recorded_pending() {
         .await
         .err()
         .unwrap();
-    assert!(matches!(err, NodeError::NotAuthorized), "{err}");
+    assert!(
+        matches!(err, NodeError::NotAuthorized { peer: Some(p) } if p == f.node.public_key()),
+        "{err}"
+    );
     let store = PeerStore::load(&f.peers).unwrap();
     let rec = store.get_key(&ident(3).public_key()).unwrap();
     assert_eq!(rec.trust, TrustState::Pending);
