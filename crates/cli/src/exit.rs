@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use mmogit::HomeError;
 use mmogit_identity::IdentityError;
+use mmogit_node::{NodeError, PeerStoreError};
 use mmogit_store::StoreError;
 
 /// Exit codes a script can rely on (listed in the README).
@@ -18,6 +19,16 @@ pub mod code {
     pub const VERIFICATION_FAILED: u8 = 4;
     /// The key file is unsafe (readable by others) or corrupt.
     pub const KEY_FILE: u8 = 5;
+    /// The peer cannot be reached (connection refused, no route, bad address).
+    pub const UNREACHABLE: u8 = 10;
+    /// Connecting, the handshake or a request timed out.
+    pub const TIMEOUT: u8 = 11;
+    /// The peer does not trust our key.
+    pub const NOT_AUTHORIZED: u8 = 12;
+    /// The peer proved another key than the one expected: possible impersonation.
+    pub const WRONG_PUBKEY: u8 = 13;
+    /// The peer broke the protocol, speaks no common version, or closed the session.
+    pub const PROTOCOL: u8 = 14;
 }
 
 /// An error that carries its own exit code.
@@ -67,6 +78,29 @@ fn home_code(e: &HomeError) -> Option<u8> {
     }
 }
 
+fn peers_code(e: &PeerStoreError) -> Option<u8> {
+    match e {
+        PeerStoreError::NotFound(_)
+        | PeerStoreError::Ambiguous { .. }
+        | PeerStoreError::PrefixTooShort(_) => Some(code::USAGE),
+        _ => None,
+    }
+}
+
+fn node_code(e: &NodeError) -> Option<u8> {
+    match e {
+        NodeError::Unreachable { .. } => Some(code::UNREACHABLE),
+        NodeError::Timeout(_) => Some(code::TIMEOUT),
+        NodeError::NotAuthorized { .. } => Some(code::NOT_AUTHORIZED),
+        NodeError::WrongPubkey { .. } => Some(code::WRONG_PUBKEY),
+        NodeError::VersionMismatch(_) | NodeError::PeerClosed(_) | NodeError::Protocol(_) => {
+            Some(code::PROTOCOL)
+        }
+        NodeError::PeerStore(e) => peers_code(e),
+        _ => None,
+    }
+}
+
 /// Picks the exit code of an error by looking through its causes.
 pub fn code_of(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -78,6 +112,10 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
             identity_code(e)
         } else if let Some(e) = cause.downcast_ref::<StoreError>() {
             store_code(e)
+        } else if let Some(e) = cause.downcast_ref::<NodeError>() {
+            node_code(e)
+        } else if let Some(e) = cause.downcast_ref::<PeerStoreError>() {
+            peers_code(e)
         } else {
             None
         };

@@ -40,6 +40,8 @@ pub enum Command {
     Show(cmd::show::Args),
     Verify(cmd::verify::Args),
     Import(cmd::import::Args),
+    Serve(cmd::serve::Args),
+    P2p(cmd::p2p::Args),
 }
 
 /// What every command gets besides its own arguments.
@@ -50,10 +52,12 @@ pub struct Ctx {
     pub progress: bool,
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, daemon: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "error",
+        // A server logs one line per peer event by default.
+        (false, 0) if daemon => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, 2) => "debug",
@@ -71,7 +75,11 @@ fn init_logging(verbose: u8, quiet: bool) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(
+        cli.verbose,
+        cli.quiet,
+        matches!(cli.command, Command::Serve(_)),
+    );
     let home = match mmogit::Home::resolve(cli.home.clone()) {
         Ok(h) => h,
         Err(e) => return exit::report(&anyhow::Error::from(e), cli.verbose),
@@ -90,6 +98,8 @@ fn main() -> ExitCode {
         Command::Show(a) => cmd::show::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Import(a) => cmd::import::run(&ctx, a),
+        Command::Serve(a) => cmd::serve::run(&ctx, a),
+        Command::P2p(a) => cmd::p2p::run(&ctx, a),
     };
     match res {
         Ok(code) => code,

@@ -81,6 +81,12 @@ pub struct PeerRecord {
     pub last_seen: Option<u64>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Git URL of the peer's memory repository, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_url: Option<String>,
+    /// Name of the git remote for `git_url` in our repository (`peer_<8 hex>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_remote: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -273,6 +279,8 @@ impl PeerStore {
             added_at: now_secs(),
             last_seen: None,
             last_error: None,
+            git_url: None,
+            git_remote: None,
         });
         rec.trust = TrustState::Trusted;
         if name.is_some() {
@@ -298,6 +306,19 @@ impl PeerStore {
         Ok(self.peers.remove(&key).expect("resolved key exists"))
     }
 
+    /// Sets the git URL and remote name of a known peer.
+    pub fn set_git(
+        &mut self,
+        pubkey: &PublicKey,
+        url: Option<String>,
+        remote: Option<String>,
+    ) -> Option<&PeerRecord> {
+        let rec = self.peers.get_mut(&pubkey.to_hex())?;
+        rec.git_url = url;
+        rec.git_remote = remote;
+        Some(rec)
+    }
+
     /// Blocks a known peer.
     pub fn set_blocked(&mut self, query: &str) -> Result<&PeerRecord, PeerStoreError> {
         let key = self.resolve(query)?;
@@ -321,6 +342,8 @@ impl PeerStore {
             added_at: now,
             last_seen: None,
             last_error: None,
+            git_url: None,
+            git_remote: None,
         });
         rec.last_seen = Some(now);
         if let Some(a) = addr {

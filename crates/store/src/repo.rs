@@ -96,6 +96,37 @@ impl Store {
         Ok(())
     }
 
+    /// Adds git remote `name` for `url`, or points an existing one at `url`.
+    pub fn set_remote(&self, name: &str, url: &str) -> Result<(), StoreError> {
+        match self.repo.find_remote(name) {
+            Ok(r) if r.url() == Some(url) => Ok(()),
+            Ok(_) => Ok(self.repo.remote_set_url(name, url)?),
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                self.repo.remote(name, url)?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Removes git remote `name` (and its remote-tracking refs); absent is fine.
+    pub fn remove_remote(&self, name: &str) -> Result<(), StoreError> {
+        match self.repo.remote_delete(name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The URL of git remote `name`, if it exists.
+    pub fn remote_url(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match self.repo.find_remote(name) {
+            Ok(r) => Ok(r.url().map(str::to_string)),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every `users/*` branch with its tip. Refs under `users/` whose name is
     /// not a valid public key are skipped with a log line.
     pub fn branches(&self) -> Result<Vec<(PublicKey, Oid)>, StoreError> {

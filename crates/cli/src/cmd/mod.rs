@@ -2,9 +2,11 @@
 
 pub mod import;
 pub mod init;
+pub mod p2p;
 pub mod post;
 pub mod recall;
 pub mod remember;
+pub mod serve;
 pub mod show;
 pub mod verify;
 pub mod whoami;

@@ -1,0 +1,130 @@
+//! `mmogit p2p ...`: peers and direct connections.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use mmogit_identity::PublicKey;
+use mmogit_node::{ClientConfig, PeerStore};
+
+use crate::Ctx;
+
+pub mod add;
+pub mod connect;
+pub mod list;
+pub mod ping;
+pub mod remove;
+pub mod trust;
+
+/// Manage peers and talk to them directly.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: P2p,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum P2p {
+    Add(add::Args),
+    List(list::Args),
+    Remove(remove::Args),
+    Pending(trust::PendingArgs),
+    Accept(trust::AcceptArgs),
+    Block(trust::BlockArgs),
+    Connect(connect::Args),
+    Ping(ping::Args),
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        P2p::Add(a) => add::run(ctx, a),
+        P2p::List(a) => list::run(ctx, a),
+        P2p::Remove(a) => remove::run(ctx, a),
+        P2p::Pending(a) => trust::pending(ctx, a),
+        P2p::Accept(a) => trust::accept(ctx, a),
+        P2p::Block(a) => trust::block(ctx, a),
+        P2p::Connect(a) => connect::run(ctx, a),
+        P2p::Ping(a) => ping::run(ctx, a),
+    }
+}
+
+/// A single-threaded runtime for client commands.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Client settings with one timeout for connecting, the handshake and each request.
+pub fn client_config(timeout: Duration) -> ClientConfig {
+    ClientConfig {
+        connect_timeout: timeout,
+        handshake_timeout: timeout,
+        request_timeout: timeout,
+        ..ClientConfig::default()
+    }
+}
+
+/// Loads peers.json of the home.
+pub fn load_peers(ctx: &Ctx) -> anyhow::Result<PeerStore> {
+    Ok(PeerStore::load(&ctx.home.peers_path())?)
+}
+
+/// Whether `s` looks like `host:port` rather than a peer name or key prefix.
+pub fn is_address(s: &str) -> bool {
+    s.parse::<std::net::SocketAddr>().is_ok()
+        || s.rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+}
+
+/// Where to connect and which key to expect: an address (with an optional
+/// expected key), or a known peer (its newest address and its key).
+pub fn resolve_target(
+    ctx: &Ctx,
+    target: &str,
+    pubkey: Option<PublicKey>,
+) -> anyhow::Result<(String, Option<PublicKey>)> {
+    if is_address(target) {
+        return Ok((target.to_string(), pubkey));
+    }
+    let store = load_peers(ctx)?;
+    let rec = store.get(target)?;
+    let addr = rec.addresses.last().cloned().ok_or_else(|| {
+        crate::exit::Exit::new(
+            crate::exit::code::USAGE,
+            format!(
+                "peer {} has no known address; give one as ip:port",
+                rec.pubkey.short(12)
+            ),
+        )
+    })?;
+    if let Some(pk) = pubkey {
+        if pk != rec.pubkey {
+            return Err(crate::exit::Exit::new(
+                crate::exit::code::USAGE,
+                format!("--pubkey {} is not the key of peer {target}", pk.short(12)),
+            )
+            .into());
+        }
+    }
+    Ok((addr, Some(rec.pubkey)))
+}
+
+/// A public key argument: 64 hex characters.
+pub fn parse_pubkey(s: &str) -> Result<PublicKey, String> {
+    s.to_ascii_lowercase()
+        .parse::<PublicKey>()
+        .map_err(|e| format!("{e} (give all 64 hex characters)"))
+}
+
+/// Formats unix seconds as RFC 3339, or "never".
+pub fn when(secs: Option<u64>) -> String {
+    match secs {
+        Some(s) => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(s))
+                .to_string()
+        }
+        None => "never".into(),
+    }
+}

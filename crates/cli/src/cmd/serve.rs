@@ -1,0 +1,126 @@
+//! `mmogit serve`: accept authenticated sessions from trusted peers.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use mmogit_node::{Node, NodeConfig, NodeEvent, PeerStoreTrust};
+use tracing::{info, warn};
+
+use crate::Ctx;
+
+/// Run this agent's node: accept sessions from trusted peers until Ctrl-C or SIGTERM.
+///
+/// Unknown keys are refused ("not authorized") and recorded as pending
+/// (`mmogit p2p pending`). Logs one line per peer event on stderr.
+///
+/// Example: `mmogit serve --listen 0.0.0.0:7420`
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Address and port to listen on
+    #[arg(long, default_value = "0.0.0.0:7420", value_name = "IP:PORT")]
+    pub listen: SocketAddr,
+    /// Most inbound connections at once
+    #[arg(long, default_value_t = 128)]
+    pub max_inbound: usize,
+    /// Most inbound connections from one IP address at once
+    #[arg(long, default_value_t = 16)]
+    pub max_per_ip: usize,
+    /// Close a session after this long without data from the peer
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// The handshake must finish within this
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// A frame that has started must arrive completely within this
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub frame_timeout: Duration,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    let identity = Arc::new(ctx.home.load_identity()?);
+    // The repository must exist: peers come to us for memories.
+    ctx.home.open_store()?;
+    let config = NodeConfig {
+        listen_addr: args.listen,
+        max_inbound: args.max_inbound,
+        max_per_ip: args.max_per_ip,
+        idle_timeout: args.idle_timeout,
+        handshake_timeout: args.handshake_timeout,
+        frame_timeout: args.frame_timeout,
+        heartbeat_interval: args.idle_timeout,
+        ..NodeConfig::default()
+    };
+    let policy = Arc::new(PeerStoreTrust::new(ctx.home.peers_path()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let node = Node::new(identity.clone(), config, policy)
+            .start()
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = node.local_addr();
+        // The one line on stdout: scripts read the bound port from it.
+        println!("listening on {addr} as {}", identity.public_key());
+        info!(%addr, pubkey = %identity.public_key().short(12), "serving");
+        let mut events = node.subscribe();
+        let logger = tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(NodeEvent::PeerConnected { pubkey, addr }) => {
+                        info!(peer = %pubkey.short(12), %addr, "peer authenticated")
+                    }
+                    Ok(NodeEvent::PeerDisconnected {
+                        pubkey,
+                        addr,
+                        reason,
+                    }) => info!(peer = %pubkey.short(12), %addr, %reason, "peer disconnected"),
+                    Ok(NodeEvent::Refused {
+                        addr,
+                        pubkey,
+                        reason,
+                    }) => {
+                        let peer = pubkey.map(|p| p.short(12)).unwrap_or_else(|| "-".into());
+                        warn!(%peer, %addr, %reason, "refused")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        warn!(missed = n, "event log fell behind")
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        wait_for_signal().await;
+        info!("shutting down: saying Bye to every peer");
+        node.shutdown().await;
+        logger.abort();
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
