@@ -73,6 +73,18 @@ pub async fn connect(
     expected_pubkey: Option<PublicKey>,
     config: &ClientConfig,
 ) -> Result<Connection, NodeError> {
+    connect_inner(addr, identity, expected_pubkey, config, true).await
+}
+
+/// [`connect`]; with `log` false failures are left to the caller to log
+/// (the dialer logs them with the peer and its backoff).
+pub(crate) async fn connect_inner(
+    addr: &str,
+    identity: Arc<Identity>,
+    expected_pubkey: Option<PublicKey>,
+    config: &ClientConfig,
+    log: bool,
+) -> Result<Connection, NodeError> {
     let unreachable = |source| NodeError::Unreachable {
         addr: addr.to_string(),
         source,
@@ -104,13 +116,15 @@ pub async fn connect(
                     "no address found",
                 ))
             });
-            warn!(%addr, error = %err, "connect failed");
+            if log {
+                warn!(%addr, error = %err, "connect failed");
+            }
             return Err(err);
         }
     };
     let peer_addr = stream.peer_addr()?;
     let _ = stream.set_nodelay(true);
-    handshake(stream, peer_addr, identity, expected_pubkey, config).await
+    handshake(stream, peer_addr, identity, expected_pubkey, config, log).await
 }
 
 async fn handshake(
@@ -119,6 +133,7 @@ async fn handshake(
     identity: Arc<Identity>,
     expected: Option<PublicKey>,
     config: &ClientConfig,
+    log: bool,
 ) -> Result<Connection, NodeError> {
     let session_config = Arc::new(SessionConfig {
         agent: config.agent.clone(),
@@ -147,7 +162,9 @@ async fn handshake(
             match ev {
                 Event::Authenticated { peer, session_id } => {
                     let rtt = start.elapsed();
-                    info!(%addr, peer = %peer.pubkey.short(12), agent = %peer.agent, rtt_us = rtt.as_micros() as u64, "connected");
+                    if log {
+                        info!(%addr, peer = %peer.pubkey.short(12), agent = %peer.agent, rtt_us = rtt.as_micros() as u64, "connected");
+                    }
                     return Ok(Connection {
                         conn,
                         peer,
@@ -165,7 +182,9 @@ async fn handshake(
                         *peer = conn.session.peer().map(|p| p.pubkey);
                     }
                     let who = conn.session.peer().map(|p| p.pubkey.short(12));
-                    warn!(%addr, peer = ?who, error = %err, "handshake failed");
+                    if log {
+                        warn!(%addr, peer = ?who, error = %err, "handshake failed");
+                    }
                     return Err(err);
                 }
                 _ => {}
@@ -177,6 +196,18 @@ async fn handshake(
 }
 
 impl Connection {
+    /// The driven connection and what the handshake learned, for the node's
+    /// session task. Data messages already read are returned too.
+    pub(crate) fn into_parts(self) -> (Conn, PeerInfo, SocketAddr, Duration, VecDeque<Message>) {
+        (
+            self.conn,
+            self.peer,
+            self.addr,
+            self.handshake_rtt,
+            self.inbox,
+        )
+    }
+
     /// The peer's public key.
     pub fn peer_pubkey(&self) -> PublicKey {
         self.peer.pubkey

@@ -14,15 +14,28 @@
 //! # let _ = rtt; Ok(()) }
 //! ```
 
+// `NodeError::NotAuthorized` carries the peer's key by value (the CLI
+// matches on it); errors are rare and never on a hot path.
+#![allow(clippy::result_large_err)]
+
+pub mod backoff;
 mod client;
 mod conn;
+mod dialer;
 mod error;
+mod peer_session;
 pub mod peers;
+mod registry;
 mod server;
+pub mod status;
 
+pub use backoff::{Backoff, DialSchedule, RateLimiter};
 pub use client::{connect, ClientConfig, Connection};
 pub use error::NodeError;
 pub use peers::{PeerRecord, PeerSource, PeerStore, PeerStoreError, TrustState};
+pub use registry::{new_session_wins, Direction, PeerStatus, DUPLICATE_SESSION};
 pub use server::{
-    MessageHandler, Node, NodeConfig, NodeEvent, NodeHandle, PeerStoreTrust, TrustPolicy,
+    InboundRate, MessageHandler, Node, NodeConfig, NodeEvent, NodeHandle, PeerStoreTrust,
+    SendError, TrustPolicy, SEND_QUEUE,
 };
+pub use status::{read_status, StatusError, StatusFile};

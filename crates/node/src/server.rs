@@ -1,11 +1,12 @@
 //! The listener: one task per inbound connection, trust policy, limits,
 //! graceful shutdown.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use mmogit_identity::{Identity, PublicKey};
 use mmogit_proto::{reasons, Event, Message, Session, SessionConfig};
@@ -16,9 +17,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::backoff::RateLimiter;
 use crate::conn::{Conn, Wake};
 use crate::error::NodeError;
 use crate::peers::{PeerStore, TrustState};
+use crate::registry::{DialParams, Direction, PeerStatus, Registry};
+use crate::status::StatusFile;
+
+/// Serializes read-modify-write cycles of `peers.json` within this process
+/// (the trust policy and the dialer both update it).
+pub(crate) static PEERS_FILE_LOCK: Mutex<()> = Mutex::new(());
+
+/// A per-IP token bucket over new inbound connections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InboundRate {
+    /// Connections per second an IP regains.
+    pub per_sec: f64,
+    /// Connections an IP may open at once.
+    pub burst: u32,
+}
 
 /// Listener settings.
 #[derive(Debug, Clone)]
@@ -42,6 +59,35 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// Hello `agent` string.
     pub agent: String,
+    /// Most outbound sessions plus dials in flight at once (default 64).
+    pub max_outbound: usize,
+    /// Per-IP rate limit on new inbound connections, checked before anything
+    /// else; over it the connection is closed at once, logged at debug and
+    /// counted ([`NodeHandle::rate_limited_count`]). Default 10/s, burst 20;
+    /// `None` disables it.
+    pub inbound_rate: Option<InboundRate>,
+    /// `peers.json`. When set, the node re-reads it every `dial_refresh`
+    /// (and on demand) and closes sessions of peers that are no longer
+    /// Trusted there (removed or blocked) with Bye "not authorized".
+    /// Default `None`.
+    pub peers_path: Option<PathBuf>,
+    /// Keep sessions open to every Trusted peer of `peers_path` that has
+    /// addresses: dial those without a session, reconnect with backoff.
+    /// Default false.
+    pub dial_trusted: bool,
+    /// How often the peer store is re-read (default 2 s).
+    pub dial_refresh: Duration,
+    /// First reconnect delay; doubles per failure (default 1 s, ±20 % jitter).
+    pub dial_backoff_base: Duration,
+    /// Longest reconnect delay (default 5 min).
+    pub dial_backoff_cap: Duration,
+    /// A session that lasted this long resets the backoff (default 10 s);
+    /// one that ended sooner counts as a failed attempt.
+    pub healthy_session: Duration,
+    /// Resolving and TCP connect when dialling (default 10 s).
+    pub dial_timeout: Duration,
+    /// Where to write the status file ([`crate::StatusFile`]); default `None`.
+    pub status_path: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -56,6 +102,19 @@ impl Default for NodeConfig {
             frame_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             agent: SessionConfig::default().agent,
+            max_outbound: 64,
+            inbound_rate: Some(InboundRate {
+                per_sec: 10.0,
+                burst: 20,
+            }),
+            peers_path: None,
+            dial_trusted: false,
+            dial_refresh: Duration::from_secs(2),
+            dial_backoff_base: Duration::from_secs(1),
+            dial_backoff_cap: Duration::from_secs(300),
+            healthy_session: Duration::from_secs(10),
+            dial_timeout: Duration::from_secs(10),
+            status_path: None,
         }
     }
 }
@@ -78,21 +137,17 @@ impl<F: Fn(&PublicKey, SocketAddr) -> bool + Send + Sync + 'static> TrustPolicy 
 /// Pending. A file that cannot be read refuses everyone (fails closed).
 pub struct PeerStoreTrust {
     path: PathBuf,
-    lock: Mutex<()>,
 }
 
 impl PeerStoreTrust {
     pub fn new(path: PathBuf) -> Self {
-        PeerStoreTrust {
-            path,
-            lock: Mutex::new(()),
-        }
+        PeerStoreTrust { path }
     }
 }
 
 impl TrustPolicy for PeerStoreTrust {
     fn authorize(&self, pubkey: &PublicKey, addr: SocketAddr) -> bool {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = PEERS_FILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let mut store = match PeerStore::load(&self.path) {
             Ok(s) => s,
             Err(e) => {
@@ -121,12 +176,16 @@ impl TrustPolicy for PeerStoreTrust {
 }
 
 /// Handles data messages (MemoryRequest, MemoryResponse, GitBundle) from
-/// authenticated peers; the returned messages are sent back in order.
+/// authenticated peers, inbound and outbound sessions alike; the returned
+/// messages are sent back in order on the same session.
 pub trait MessageHandler: Send + Sync + 'static {
     fn handle(&self, peer: &PublicKey, msg: Message) -> Vec<Message>;
 }
 
-/// What the node reports about peers.
+/// What the node reports about peers. PeerConnected / PeerDisconnected are
+/// reported for inbound and outbound sessions alike (the direction is in
+/// [`NodeHandle::peers`]); a session closed at once by the duplicate-session
+/// rule is reported by neither.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeEvent {
     /// A peer authenticated and is served.
@@ -150,21 +209,67 @@ struct Limits {
     per_ip: HashMap<IpAddr, usize>,
 }
 
-struct Shared {
-    identity: Arc<Identity>,
-    session_config: Arc<SessionConfig>,
-    config: NodeConfig,
+pub(crate) struct Shared {
+    pub identity: Arc<Identity>,
+    pub session_config: Arc<SessionConfig>,
+    pub config: NodeConfig,
     policy: Arc<dyn TrustPolicy>,
-    handler: Option<Arc<dyn MessageHandler>>,
+    pub handler: Option<Arc<dyn MessageHandler>>,
     events: broadcast::Sender<NodeEvent>,
     limits: Mutex<Limits>,
-    cancel: CancellationToken,
+    pub cancel: CancellationToken,
+    pub registry: Registry,
+    rate: Option<Mutex<RateLimiter>>,
+    rate_limited: AtomicU64,
+    pub tracker: TaskTracker,
+    pub local_addr: SocketAddr,
+    started_at: SystemTime,
 }
 
 impl Shared {
-    fn emit(&self, e: NodeEvent) {
+    pub fn emit(&self, e: NodeEvent) {
         let _ = self.events.send(e);
     }
+
+    /// The status as written to the status file.
+    pub fn status(&self, running: bool) -> StatusFile {
+        let mut peers = self.registry.snapshot();
+        if !running {
+            for p in &mut peers {
+                p.connected = false;
+                p.connected_since_ms = None;
+                p.next_attempt_ms = None;
+            }
+        }
+        let ms = |t: SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0)
+        };
+        StatusFile {
+            version: crate::status::STATUS_VERSION,
+            pid: std::process::id(),
+            running,
+            started_at_ms: ms(self.started_at),
+            updated_at_ms: ms(SystemTime::now()),
+            pubkey: self.identity.public_key(),
+            listen_addr: self.local_addr.to_string(),
+            inbound_connections: self.limits.lock().unwrap_or_else(|e| e.into_inner()).total,
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            peers,
+        }
+    }
+}
+
+/// Why [`NodeHandle::send_to`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No authenticated session with this peer.
+    #[error("no session with peer {0}")]
+    NotConnected(String),
+    /// The session closed before the message was queued.
+    #[error("the session with peer {0} closed")]
+    Closed(String),
 }
 
 /// A slot in the connection limits, released on drop.
@@ -201,6 +306,10 @@ pub struct NodeHandle {
     tracker: TaskTracker,
 }
 
+/// Most messages queued for one session by [`NodeHandle::send_to`];
+/// further sends wait (backpressure).
+pub const SEND_QUEUE: usize = 64;
+
 impl Node {
     pub fn new(identity: Arc<Identity>, config: NodeConfig, policy: Arc<dyn TrustPolicy>) -> Node {
         Node {
@@ -217,7 +326,9 @@ impl Node {
         self
     }
 
-    /// Binds the listener and starts accepting.
+    /// Binds the listener and starts accepting; with `peers_path` set,
+    /// starts the peer-store refresh (and with `dial_trusted` the dialer);
+    /// with `status_path` set, the status file writer.
     pub async fn start(self) -> Result<NodeHandle, NodeError> {
         let listener = TcpListener::bind(self.config.listen_addr).await?;
         let local_addr = listener.local_addr()?;
@@ -231,6 +342,19 @@ impl Node {
             ..SessionConfig::default()
         });
         let (events, _) = broadcast::channel(1024);
+        let tracker = TaskTracker::new();
+        let registry = Registry::new(
+            self.identity.public_key(),
+            DialParams {
+                base: self.config.dial_backoff_base,
+                cap: self.config.dial_backoff_cap,
+                healthy: self.config.healthy_session,
+            },
+        );
+        let rate = self
+            .config
+            .inbound_rate
+            .map(|r| Mutex::new(RateLimiter::new(r.per_sec, r.burst)));
         let shared = Arc::new(Shared {
             identity: self.identity,
             session_config,
@@ -243,10 +367,22 @@ impl Node {
                 per_ip: HashMap::new(),
             }),
             cancel: CancellationToken::new(),
+            registry,
+            rate,
+            rate_limited: AtomicU64::new(0),
+            tracker: tracker.clone(),
+            local_addr,
+            started_at: SystemTime::now(),
         });
-        let tracker = TaskTracker::new();
         info!(addr = %local_addr, pubkey = %shared.identity.public_key().short(12), "node listening");
         tracker.spawn(accept_loop(listener, shared.clone(), tracker.clone()));
+        if let Some(path) = shared.config.peers_path.clone() {
+            tracker.spawn(crate::dialer::run(shared.clone(), path));
+        }
+        if let Some(path) = shared.config.status_path.clone() {
+            crate::dialer::write_status_now(&shared, &path, true).await;
+            tracker.spawn(crate::dialer::status_writer(shared.clone(), path));
+        }
         Ok(NodeHandle {
             local_addr,
             shared,
@@ -280,8 +416,51 @@ impl NodeHandle {
             .total
     }
 
-    /// Stops accepting, sends Bye "shutting down" to every peer and waits
-    /// for the connections to finish, at most `shutdown_grace`.
+    /// Every peer with a session or known to the dialer, ordered by key.
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        self.shared.registry.snapshot()
+    }
+
+    /// Authenticated sessions open (inbound and outbound).
+    pub fn session_count(&self) -> usize {
+        self.shared.registry.sessions()
+    }
+
+    /// Queues `msg` (MemoryRequest, MemoryResponse, GitBundle; a Ping is
+    /// sent as a Ping) on the session with `peer`. Waits while that
+    /// session's queue holds [`SEND_QUEUE`] messages. Replies arrive at the
+    /// [`MessageHandler`].
+    pub async fn send_to(&self, peer: &PublicKey, msg: Message) -> Result<(), SendError> {
+        let tx = self
+            .shared
+            .registry
+            .sender(peer)
+            .ok_or_else(|| SendError::NotConnected(peer.short(12)))?;
+        tx.send(msg)
+            .await
+            .map_err(|_| SendError::Closed(peer.short(12)))
+    }
+
+    /// Re-reads the peer store and dials what is due now (no effect without
+    /// `peers_path`).
+    pub fn dial_now(&self) {
+        self.shared.registry.dial_wake.notify_one();
+    }
+
+    /// Inbound connection attempts refused by the per-IP rate limit so far.
+    pub fn rate_limited_count(&self) -> u64 {
+        self.shared.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// The status as the status file shows it.
+    pub fn status(&self) -> StatusFile {
+        self.shared.status(true)
+    }
+
+    /// Stops accepting and dialling, sends Bye "shutting down" to every
+    /// peer and waits for the connections to finish, at most
+    /// `shutdown_grace`; then writes the status file a last time with
+    /// `running: false` and every peer disconnected.
     pub async fn shutdown(self) {
         info!(addr = %self.local_addr, "node shutting down");
         self.shared.cancel.cancel();
@@ -291,6 +470,9 @@ impl NodeHandle {
             .is_err()
         {
             warn!("shutdown grace period over; dropping remaining connections");
+        }
+        if let Some(path) = self.shared.config.status_path.clone() {
+            crate::dialer::write_status_now(&self.shared, &path, false).await;
         }
     }
 }
@@ -310,6 +492,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
                 continue;
             }
         };
+        if let Some(rate) = &shared.rate {
+            let allowed = rate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .allow(addr.ip(), tokio::time::Instant::now());
+            if !allowed {
+                // Debug only: a flood must not flood the log too.
+                shared.rate_limited.fetch_add(1, Ordering::Relaxed);
+                debug!(%addr, "connection refused: rate limited");
+                drop(stream);
+                continue;
+            }
+        }
         let refused = {
             let mut l = shared.limits.lock().unwrap_or_else(|e| e.into_inner());
             let from_ip = l.per_ip.get(&addr.ip()).copied().unwrap_or(0);
@@ -355,7 +550,6 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, _slot: 
     );
     let mut conn = Conn::new(stream, session, shared.config.frame_timeout);
     let mut peer: Option<PublicKey> = None;
-    let mut authenticated = false;
     let mut shutting_down = false;
     debug!(%addr, "inbound connection");
     let reason: String = 'conn: loop {
@@ -385,38 +579,25 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, _slot: 
                     }
                 }
                 Event::Authenticated { peer: info, .. } => {
-                    authenticated = true;
-                    info!(%addr, peer = %info.pubkey.short(12), agent = %info.agent, version = info.version, "peer connected");
-                    shared.emit(NodeEvent::PeerConnected {
-                        pubkey: info.pubkey,
+                    // Events after this one stay queued in the session for
+                    // the session task.
+                    crate::peer_session::drive(
+                        conn,
+                        info,
                         addr,
-                    });
+                        Direction::Inbound,
+                        shared,
+                        VecDeque::new(),
+                        None,
+                    )
+                    .await;
+                    return;
                 }
-                Event::Pong(_) => {}
-                Event::Message(m) => {
-                    let pk = peer.expect("messages only after authentication");
-                    match &shared.handler {
-                        Some(h) => {
-                            for reply in h.handle(&pk, m) {
-                                if let Err(e) = conn.session.send(Instant::now(), reply) {
-                                    warn!(%addr, peer = %pk.short(12), error = %e, "cannot send reply");
-                                }
-                            }
-                        }
-                        None => {
-                            debug!(%addr, peer = %pk.short(12), msg_type = %m.msg_type(), "no handler; message dropped")
-                        }
-                    }
-                }
+                Event::Pong(_) | Event::Message(_) => {}
                 Event::Closed(r) => {
                     conn.finish(shared.config.frame_timeout.min(Duration::from_secs(2)))
                         .await;
-                    break 'conn match r {
-                        mmogit_proto::CloseReason::Local(s) => format!("closed by us: {s}"),
-                        mmogit_proto::CloseReason::Remote(s) => format!("peer said bye: {s}"),
-                        mmogit_proto::CloseReason::Error(e) => format!("error: {e}"),
-                        mmogit_proto::CloseReason::Eof => "connection closed".into(),
-                    };
+                    break 'conn crate::peer_session::close_text(r);
                 }
             }
         }
@@ -431,21 +612,12 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, _slot: 
         }
     };
     let who = peer.map(|p| p.short(12)).unwrap_or_else(|| "-".into());
-    if authenticated {
-        info!(%addr, peer = %who, %reason, "peer disconnected");
-        shared.emit(NodeEvent::PeerDisconnected {
-            pubkey: peer.expect("authenticated peer has a key"),
+    if !reason.contains(reasons::NOT_AUTHORIZED) {
+        warn!(%addr, peer = %who, %reason, "handshake failed");
+        shared.emit(NodeEvent::Refused {
             addr,
+            pubkey: peer,
             reason,
         });
-    } else {
-        if !reason.contains(reasons::NOT_AUTHORIZED) {
-            warn!(%addr, peer = %who, %reason, "handshake failed");
-            shared.emit(NodeEvent::Refused {
-                addr,
-                pubkey: peer,
-                reason,
-            });
-        }
     }
 }

@@ -331,6 +331,8 @@ async fn connection_flood_against_low_limit() {
     let f = fixture(NodeConfig {
         max_inbound: 8,
         max_per_ip: 1000,
+        // This test is about the connection limit, not the rate limit.
+        inbound_rate: None,
         ..node_config()
     })
     .await;

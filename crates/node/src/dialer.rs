@@ -1,0 +1,190 @@
+//! Background tasks: the peer-store refresh and dialer, and the status
+//! file writer.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mmogit_identity::PublicKey;
+use mmogit_proto::reasons;
+use tracing::{debug, info, warn};
+
+use crate::client::{connect_inner, ClientConfig};
+use crate::peer_session::{drive, Ended};
+use crate::peers::{PeerStore, TrustState};
+use crate::registry::{DialJob, Direction};
+use crate::server::{Shared, PEERS_FILE_LOCK};
+
+/// Most status-file writes: one per this interval.
+const STATUS_DEBOUNCE: Duration = Duration::from_millis(500);
+/// The status file is rewritten at least this often while running.
+const STATUS_REFRESH: Duration = Duration::from_secs(5);
+
+fn load_store(path: PathBuf) -> Result<PeerStore, String> {
+    let _g = PEERS_FILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    PeerStore::load(&path).map_err(|e| e.to_string())
+}
+
+fn update_store(path: PathBuf, f: impl FnOnce(&mut PeerStore) + Send + 'static) {
+    let _g = PEERS_FILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let result = PeerStore::load(&path).and_then(|mut s| {
+        f(&mut s);
+        s.save()
+    });
+    if let Err(e) = result {
+        warn!(error = %e, "cannot update the peer store");
+    }
+}
+
+/// Re-reads the peer store every `dial_refresh` (or when woken), closes
+/// sessions of peers no longer trusted and, with `dial_trusted`, dials
+/// the trusted peers that are due.
+pub(crate) async fn run(shared: Arc<Shared>, path: PathBuf) {
+    let mut last_load_error: Option<String> = None;
+    loop {
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_store(p))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        match loaded {
+            Ok(store) => {
+                last_load_error = None;
+                let trusted: HashSet<PublicKey> = store
+                    .list()
+                    .into_iter()
+                    .filter(|r| r.trust == TrustState::Trusted)
+                    .map(|r| r.pubkey)
+                    .collect();
+                for k in shared
+                    .registry
+                    .close_unless(|k| trusted.contains(k), reasons::NOT_AUTHORIZED)
+                {
+                    info!(peer = %k.short(12), "peer no longer trusted in the peer store; disconnecting");
+                }
+                if shared.config.dial_trusted {
+                    let targets = store
+                        .list()
+                        .into_iter()
+                        .filter(|r| r.trust == TrustState::Trusted && !r.addresses.is_empty())
+                        .map(|r| (r.pubkey, r.addresses.clone()))
+                        .collect();
+                    for job in shared
+                        .registry
+                        .plan_dials(targets, shared.config.max_outbound)
+                    {
+                        shared.tracker.spawn(dial_one(shared.clone(), job));
+                    }
+                }
+            }
+            Err(e) => {
+                if last_load_error.as_deref() != Some(e.as_str()) {
+                    warn!(error = %e, "cannot read the peer store; keeping current sessions");
+                }
+                last_load_error = Some(e);
+            }
+        }
+        let refresh = tokio::time::Instant::now() + shared.config.dial_refresh;
+        let next = match shared.registry.next_due() {
+            Some(t) if t < refresh => t,
+            _ => refresh,
+        };
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shared.registry.dial_wake.notified() => {}
+        }
+    }
+    debug!("dialer stopped");
+}
+
+async fn dial_one(shared: Arc<Shared>, job: DialJob) {
+    let c = &shared.config;
+    let cfg = ClientConfig {
+        connect_timeout: c.dial_timeout,
+        handshake_timeout: c.handshake_timeout,
+        request_timeout: c.idle_timeout,
+        idle_timeout: c.idle_timeout,
+        heartbeat_interval: c.heartbeat_interval,
+        frame_timeout: c.frame_timeout,
+        agent: c.agent.clone(),
+        listen_port: Some(shared.local_addr.port()),
+    };
+    let pk = job.pubkey;
+    debug!(peer = %pk.short(12), addr = %job.addr, "dialling");
+    let result = tokio::select! {
+        _ = shared.cancel.cancelled() => {
+            shared.registry.dial_finished(&pk, Ok(()));
+            return;
+        }
+        r = connect_inner(&job.addr, shared.identity.clone(), Some(pk), &cfg, false) => r,
+    };
+    match result {
+        Ok(connection) => {
+            let (conn, info, addr, rtt, inbox) = connection.into_parts();
+            if let Some(path) = shared.config.peers_path.clone() {
+                tokio::task::spawn_blocking(move || {
+                    update_store(path, move |s| s.record_seen(&pk, None))
+                });
+            }
+            if let Ended::Duplicate = drive(
+                conn,
+                info,
+                addr,
+                Direction::Outbound,
+                shared.clone(),
+                inbox,
+                Some(rtt),
+            )
+            .await
+            {
+                shared.registry.dial_finished(&pk, Ok(()));
+            }
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let delay = shared.registry.dial_finished(&pk, Err(text.clone()));
+            warn!(
+                peer = %pk.short(12),
+                addr = %job.addr,
+                error = %text,
+                retry_in_ms = delay.map(|d| d.as_millis() as u64),
+                "dial failed"
+            );
+            if let Some(path) = shared.config.peers_path.clone() {
+                tokio::task::spawn_blocking(move || {
+                    update_store(path, move |s| s.record_error(&pk, &text))
+                });
+            }
+        }
+    }
+}
+
+/// Writes the status file now.
+pub(crate) async fn write_status_now(shared: &Shared, path: &Path, running: bool) {
+    let status = shared.status(running);
+    let p = path.to_path_buf();
+    let r = tokio::task::spawn_blocking(move || crate::status::write_status(&p, &status)).await;
+    match r {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(path = %path.display(), error = %e, "cannot write the status file"),
+        Err(e) => warn!(error = %e, "status writer failed"),
+    }
+}
+
+/// Rewrites the status file on every change (at most every
+/// [`STATUS_DEBOUNCE`]) and at least every [`STATUS_REFRESH`].
+pub(crate) async fn status_writer(shared: Arc<Shared>, path: PathBuf) {
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            _ = shared.registry.changed.notified() => {}
+            _ = tokio::time::sleep(STATUS_REFRESH) => {}
+        }
+        write_status_now(&shared, &path, true).await;
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            _ = tokio::time::sleep(STATUS_DEBOUNCE) => {}
+        }
+    }
+}

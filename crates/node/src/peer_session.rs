@@ -1,0 +1,186 @@
+//! The task driving one authenticated session, inbound or outbound:
+//! registration (one session per peer), heartbeats and timeouts (in the
+//! session), RTT probes, data messages to the handler, messages queued by
+//! `NodeHandle::send_to`, close requests from the registry and shutdown.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mmogit_identity::PublicKey;
+use mmogit_proto::{reasons, CloseReason, Event, Message, PeerInfo};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::conn::{Conn, Wake};
+use crate::registry::{Direction, SessionCtl, DUPLICATE_SESSION};
+use crate::server::{NodeEvent, Shared, SEND_QUEUE};
+
+/// How a session ended, for the dialer.
+pub(crate) enum Ended {
+    /// Closed at once: another session with the peer is kept.
+    Duplicate,
+    /// It was registered and has now ended.
+    Closed,
+}
+
+pub(crate) fn close_text(r: CloseReason) -> String {
+    match r {
+        CloseReason::Local(s) => format!("closed by us: {s}"),
+        CloseReason::Remote(s) => format!("peer said bye: {s}"),
+        CloseReason::Error(e) => format!("error: {e}"),
+        CloseReason::Eof => "connection closed".into(),
+    }
+}
+
+fn handle_message(conn: &mut Conn, shared: &Shared, pk: &PublicKey, addr: SocketAddr, m: Message) {
+    match &shared.handler {
+        Some(h) => {
+            for reply in h.handle(pk, m) {
+                if let Err(e) = conn.session.send(Instant::now(), reply) {
+                    warn!(%addr, peer = %pk.short(12), error = %e, "cannot send reply");
+                }
+            }
+        }
+        None => {
+            debug!(%addr, peer = %pk.short(12), msg_type = %m.msg_type(), "no handler; message dropped")
+        }
+    }
+}
+
+/// Drives an authenticated session until it ends.
+pub(crate) async fn drive(
+    mut conn: Conn,
+    info: PeerInfo,
+    addr: SocketAddr,
+    direction: Direction,
+    shared: Arc<Shared>,
+    inbox: VecDeque<Message>,
+    rtt: Option<Duration>,
+) -> Ended {
+    let pk = info.pubkey;
+    let who = pk.short(12);
+    let (tx, mut rx) = mpsc::channel::<Message>(SEND_QUEUE);
+    let ctl = Arc::new(SessionCtl::default());
+    // A peer session is one with a node: outbound, or inbound from an
+    // initiator that announced a listen port. Other inbound connections are
+    // clients (e.g. a one-off `p2p ping`): served, but not registered, so
+    // they never displace or lose to the peer session.
+    let is_peer_session = direction == Direction::Outbound || info.listen_port.is_some();
+    let registered = if is_peer_session {
+        shared
+            .registry
+            .register(pk, direction, addr, tx, ctl.clone())
+            .map(Some)
+    } else {
+        Ok(None)
+    };
+    let id = match registered {
+        Ok(id) => id,
+        Err(()) => {
+            info!(%addr, peer = %who, %direction, "duplicate session closed; keeping the other one");
+            conn.session.close(Instant::now(), DUPLICATE_SESSION);
+            conn.finish(shared.config.frame_timeout.min(Duration::from_secs(2)))
+                .await;
+            return Ended::Duplicate;
+        }
+    };
+    if rtt.is_some() && id.is_some() {
+        shared.registry.seen(&pk, rtt);
+    }
+    let kind = if id.is_some() { "peer" } else { "client" };
+    info!(%addr, peer = %who, agent = %info.agent, version = info.version, %direction, kind, "peer connected");
+    shared.emit(NodeEvent::PeerConnected { pubkey: pk, addr });
+    for m in inbox {
+        handle_message(&mut conn, &shared, &pk, addr, m);
+    }
+    let keepalive = shared
+        .session_config
+        .keepalive()
+        .max(Duration::from_millis(10));
+    // First RTT probe right away (it also tells a dead peer soon).
+    let mut next_probe = Instant::now();
+    let mut probe: Option<([u8; 8], Instant)> = None;
+    let mut shutting_down = false;
+    let mut rx_open = true;
+    let (reason, remote_error): (String, bool) = 'conn: loop {
+        let now = Instant::now();
+        if now >= next_probe && conn.session.is_established() {
+            let payload: [u8; 8] = rand::random();
+            if conn.session.send_ping(now, &payload).is_ok() {
+                probe = Some((payload, now));
+            }
+            next_probe = now + keepalive;
+        }
+        if let Err(e) = conn.flush().await {
+            break 'conn (format!("write failed: {e}"), true);
+        }
+        while let Some(ev) = conn.session.poll_event() {
+            match ev {
+                Event::Pong(p) => {
+                    if let Some((sent, at)) = probe {
+                        if p[..] == sent[..] {
+                            probe = None;
+                            if id.is_some() {
+                                shared.registry.seen(&pk, Some(at.elapsed()));
+                            }
+                        }
+                    }
+                }
+                Event::Message(m) => handle_message(&mut conn, &shared, &pk, addr, m),
+                Event::Closed(r) => {
+                    let remote = !matches!(r, CloseReason::Local(_));
+                    conn.finish(shared.config.frame_timeout.min(Duration::from_secs(2)))
+                        .await;
+                    break 'conn (close_text(r), remote);
+                }
+                Event::AuthorizationRequired(_) | Event::Authenticated { .. } => {}
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = shared.cancel.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                conn.session.close(Instant::now(), reasons::SHUTTING_DOWN);
+            }
+            _ = ctl.notify.notified() => {
+                if let Some(r) = ctl.take_close() {
+                    info!(%addr, peer = %who, %direction, reason = %r, "closing session");
+                    conn.session.close(Instant::now(), &r);
+                }
+                if ctl.take_probe() {
+                    next_probe = Instant::now();
+                }
+            }
+            m = rx.recv(), if rx_open && !shutting_down => match m {
+                Some(m) => {
+                    let t = m.msg_type();
+                    if let Err(e) = conn.session.send(Instant::now(), m) {
+                        warn!(%addr, peer = %who, msg_type = %t, error = %e, "cannot send message");
+                    }
+                }
+                None => rx_open = false,
+            },
+            w = conn.wait(Some(next_probe), None) => match w {
+                Ok(Wake::Input) if id.is_some() => shared.registry.seen(&pk, None),
+                Ok(_) => {}
+                Err(e) => {
+                    break 'conn (format!("read failed: {e}"), true);
+                }
+            },
+        }
+    };
+    let registered = id.is_some_and(|id| {
+        shared
+            .registry
+            .unregister(&pk, id, remote_error.then(|| reason.clone()))
+    });
+    info!(%addr, peer = %who, %direction, %reason, current = registered, "peer disconnected");
+    shared.emit(NodeEvent::PeerDisconnected {
+        pubkey: pk,
+        addr,
+        reason,
+    });
+    Ended::Closed
+}

@@ -1,0 +1,595 @@
+//! The session registry: at most one authenticated session per peer key,
+//! shared by inbound and outbound sessions, plus what the dialer knows about
+//! each peer (backoff, next attempt, last error). Everything here is
+//! synchronous and short; the lock is never held across an await.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mmogit_identity::PublicKey;
+use mmogit_proto::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
+
+use crate::backoff::{Backoff, DialSchedule};
+
+/// The Bye reason of the session closed by the duplicate-session rule.
+pub const DUPLICATE_SESSION: &str = "duplicate session";
+
+/// Most peers tracked without a session or a dial schedule (e.g. inbound
+/// peers under a permissive trust policy); the oldest are forgotten.
+const MAX_IDLE_ENTRIES: usize = 1024;
+
+/// Who opened the TCP connection of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    /// The peer connected to us.
+    #[serde(rename = "in")]
+    Inbound,
+    /// We connected to the peer.
+    #[serde(rename = "out")]
+    Outbound,
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Inbound => "in",
+            Direction::Outbound => "out",
+        })
+    }
+}
+
+/// The duplicate-session rule (docs/PROTOCOL.md, "One session per peer").
+/// With an authenticated session to `peer` already registered, returns true
+/// when the `new` session replaces the `existing` one:
+///
+/// * different directions (both sides dialled at once): the session whose
+///   TCP connection was opened by the peer with the lower public key bytes
+///   survives; both sides compute the same answer;
+/// * same direction (the initiator reconnected while its old session was
+///   still open here): the newer session survives.
+pub fn new_session_wins(
+    ours: &PublicKey,
+    peer: &PublicKey,
+    existing: Direction,
+    new: Direction,
+) -> bool {
+    if existing == new {
+        return true;
+    }
+    let (new_initiator, old_initiator) = match new {
+        Direction::Outbound => (ours, peer),
+        Direction::Inbound => (peer, ours),
+    };
+    new_initiator.as_bytes() < old_initiator.as_bytes()
+}
+
+/// A peer as the node sees it. Times are Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    /// The peer's public key (64 hex characters in JSON).
+    pub pubkey: PublicKey,
+    /// An authenticated session is open.
+    pub connected: bool,
+    /// Direction of the open session (or of the last one).
+    pub direction: Option<Direction>,
+    /// Socket address of the open session, else the last address dialled.
+    pub addr: Option<String>,
+    /// When the open session was authenticated.
+    pub connected_since_ms: Option<u64>,
+    /// Last time anything was received from the peer.
+    pub last_seen_ms: Option<u64>,
+    /// Last measured round-trip time (Ping → Pong), in microseconds.
+    pub rtt_us: Option<u64>,
+    /// Delay the next failed attempt will wait, un-jittered (dialled peers only).
+    pub backoff_ms: Option<u64>,
+    /// When the dialer will try next (dialled peers without a session only).
+    pub next_attempt_ms: Option<u64>,
+    /// Consecutive failed attempts.
+    pub failures: u32,
+    /// The last dial or session error.
+    pub last_error: Option<String>,
+}
+
+/// Requests to a session task from outside it.
+#[derive(Default)]
+pub(crate) struct SessionCtl {
+    close: Mutex<Option<String>>,
+    probe: AtomicBool,
+    pub notify: Notify,
+}
+
+impl SessionCtl {
+    pub fn close(&self, reason: &str) {
+        let mut c = self.close.lock().unwrap_or_else(|e| e.into_inner());
+        if c.is_none() {
+            *c = Some(reason.to_string());
+        }
+        drop(c);
+        self.notify.notify_one();
+    }
+
+    pub fn probe(&self) {
+        self.probe.store(true, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    pub fn take_close(&self) -> Option<String> {
+        self.close.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    pub fn take_probe(&self) -> bool {
+        self.probe.swap(false, Ordering::Relaxed)
+    }
+}
+
+struct Live {
+    id: u64,
+    direction: Direction,
+    addr: SocketAddr,
+    since: SystemTime,
+    tx: mpsc::Sender<Message>,
+    ctl: Arc<SessionCtl>,
+}
+
+#[derive(Default)]
+struct Entry {
+    session: Option<Live>,
+    dial: Option<DialSchedule>,
+    /// Addresses from the peer store (most recent last).
+    addresses: Vec<String>,
+    dialing: bool,
+    direction: Option<Direction>,
+    last_addr: Option<String>,
+    last_seen: Option<SystemTime>,
+    rtt: Option<Duration>,
+    last_error: Option<String>,
+    touched: Option<Instant>,
+}
+
+/// Dial settings the registry needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DialParams {
+    pub base: Duration,
+    pub cap: Duration,
+    pub healthy: Duration,
+}
+
+pub(crate) struct Registry {
+    ours: PublicKey,
+    params: DialParams,
+    inner: Mutex<Inner>,
+    /// Something the status file shows changed.
+    pub changed: Notify,
+    /// The dialer should look again (a session ended, dial_now()).
+    pub dial_wake: Notify,
+}
+
+struct Inner {
+    peers: HashMap<PublicKey, Entry>,
+    next_id: u64,
+}
+
+/// One dial the dialer should start.
+pub(crate) struct DialJob {
+    pub pubkey: PublicKey,
+    pub addr: String,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn instant_to_unix_ms(t: Instant) -> u64 {
+    let now = Instant::now();
+    let wall = SystemTime::now();
+    let wall_t = if t >= now {
+        wall + (t - now)
+    } else {
+        wall - (now - t)
+    };
+    unix_ms(wall_t)
+}
+
+impl Registry {
+    pub fn new(ours: PublicKey, params: DialParams) -> Registry {
+        Registry {
+            ours,
+            params,
+            inner: Mutex::new(Inner {
+                peers: HashMap::new(),
+                next_id: 1,
+            }),
+            changed: Notify::new(),
+            dial_wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn new_schedule(&self) -> DialSchedule {
+        DialSchedule::new(
+            Backoff::new(self.params.base, self.params.cap),
+            self.params.healthy,
+        )
+    }
+
+    /// Registers an authenticated session; `Err` when the duplicate rule
+    /// keeps the session already registered (which is then probed, so a
+    /// dead one is noticed soon).
+    pub fn register(
+        &self,
+        peer: PublicKey,
+        direction: Direction,
+        addr: SocketAddr,
+        tx: mpsc::Sender<Message>,
+        ctl: Arc<SessionCtl>,
+    ) -> Result<u64, ()> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let e = inner.peers.entry(peer).or_default();
+        if direction == Direction::Outbound {
+            // The dial that made this session is over, whatever happens next.
+            e.dialing = false;
+        }
+        if let Some(old) = &e.session {
+            if !new_session_wins(&self.ours, &peer, old.direction, direction) {
+                old.ctl.probe();
+                return Err(());
+            }
+            old.ctl.close(DUPLICATE_SESSION);
+        }
+        e.session = Some(Live {
+            id,
+            direction,
+            addr,
+            since: SystemTime::now(),
+            tx,
+            ctl,
+        });
+        e.direction = Some(direction);
+        e.last_addr = Some(addr.to_string());
+        e.last_seen = Some(SystemTime::now());
+        e.last_error = None;
+        e.touched = Some(now);
+        if let Some(d) = &mut e.dial {
+            d.connected(now);
+        }
+        drop(inner);
+        self.changed.notify_one();
+        Ok(id)
+    }
+
+    /// The session `id` ended. Returns true when it was the registered one.
+    pub fn unregister(&self, peer: &PublicKey, id: u64, error: Option<String>) -> bool {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(e) = inner.peers.get_mut(peer) else {
+            return false;
+        };
+        if e.session.as_ref().map(|s| s.id) != Some(id) {
+            return false;
+        }
+        e.session = None;
+        e.last_seen = Some(SystemTime::now());
+        e.touched = Some(now);
+        if error.is_some() {
+            e.last_error = error;
+        }
+        if let Some(d) = &mut e.dial {
+            d.disconnected(now);
+        }
+        Self::prune(&mut inner);
+        drop(inner);
+        self.changed.notify_one();
+        self.dial_wake.notify_one();
+        true
+    }
+
+    fn prune(inner: &mut Inner) {
+        let idle = |e: &Entry| e.session.is_none() && e.dial.is_none() && !e.dialing;
+        let n = inner.peers.values().filter(|e| idle(e)).count();
+        if n <= MAX_IDLE_ENTRIES {
+            return;
+        }
+        let mut idle_keys: Vec<(Option<Instant>, PublicKey)> = inner
+            .peers
+            .iter()
+            .filter(|(_, e)| idle(e))
+            .map(|(k, e)| (e.touched, *k))
+            .collect();
+        idle_keys.sort_by_key(|(t, _)| *t);
+        for (_, k) in idle_keys.into_iter().take(n - MAX_IDLE_ENTRIES) {
+            inner.peers.remove(&k);
+        }
+    }
+
+    /// Notes traffic from the peer (no status write by itself).
+    pub fn seen(&self, peer: &PublicKey, rtt: Option<Duration>) {
+        let mut inner = self.lock();
+        if let Some(e) = inner.peers.get_mut(peer) {
+            e.last_seen = Some(SystemTime::now());
+            if rtt.is_some() {
+                e.rtt = rtt;
+            }
+        }
+    }
+
+    /// The sender of the peer's session.
+    pub fn sender(&self, peer: &PublicKey) -> Option<mpsc::Sender<Message>> {
+        self.lock()
+            .peers
+            .get(peer)
+            .and_then(|e| e.session.as_ref())
+            .map(|s| s.tx.clone())
+    }
+
+    /// Closes every session whose peer `keep` rejects; returns their keys.
+    pub fn close_unless(&self, keep: impl Fn(&PublicKey) -> bool, reason: &str) -> Vec<PublicKey> {
+        let inner = self.lock();
+        let mut closed = vec![];
+        for (k, e) in inner.peers.iter() {
+            if let Some(s) = &e.session {
+                if !keep(k) {
+                    s.ctl.close(reason);
+                    closed.push(*k);
+                }
+            }
+        }
+        closed
+    }
+
+    /// Authenticated sessions open.
+    pub fn sessions(&self) -> usize {
+        self.lock()
+            .peers
+            .values()
+            .filter(|e| e.session.is_some())
+            .count()
+    }
+
+    /// Outbound sessions plus dials in flight.
+    fn outbound_load(inner: &Inner) -> usize {
+        inner
+            .peers
+            .values()
+            .filter(|e| {
+                e.dialing
+                    || e.session
+                        .as_ref()
+                        .is_some_and(|s| s.direction == Direction::Outbound)
+            })
+            .count()
+    }
+
+    /// Updates the set of peers to dial (trusted, with addresses, in the
+    /// peer store) and returns the dials due now, at most `max_outbound`
+    /// outbound at once.
+    pub fn plan_dials(
+        &self,
+        targets: Vec<(PublicKey, Vec<String>)>,
+        max_outbound: usize,
+    ) -> Vec<DialJob> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let mut wanted: HashMap<PublicKey, Vec<String>> = HashMap::new();
+        for (k, addrs) in targets {
+            if k != self.ours && !addrs.is_empty() {
+                wanted.insert(k, addrs);
+            }
+        }
+        let mut changed = false;
+        for (k, e) in inner.peers.iter_mut() {
+            if e.dial.is_some() && !wanted.contains_key(k) {
+                e.dial = None;
+                e.addresses.clear();
+                changed = true;
+            }
+        }
+        for (k, addrs) in &wanted {
+            let sched = self.new_schedule();
+            let e = inner.peers.entry(*k).or_default();
+            if e.dial.is_none() {
+                let mut s = sched;
+                if e.session.is_some() {
+                    s.connected(now);
+                }
+                e.dial = Some(s);
+                changed = true;
+            }
+            if e.addresses != *addrs {
+                e.addresses = addrs.clone();
+                if let Some(d) = &mut e.dial {
+                    d.wake();
+                }
+                changed = true;
+            }
+        }
+        Self::prune(&mut inner);
+        let mut budget = max_outbound.saturating_sub(Self::outbound_load(&inner));
+        let mut jobs = vec![];
+        let mut due: Vec<PublicKey> = inner
+            .peers
+            .iter()
+            .filter(|(_, e)| {
+                e.session.is_none()
+                    && !e.dialing
+                    && !e.addresses.is_empty()
+                    && e.dial.as_ref().is_some_and(|d| d.due(now))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        due.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for k in due {
+            if budget == 0 {
+                break;
+            }
+            let e = inner.peers.get_mut(&k).expect("key from the map");
+            let failures = e.dial.as_ref().map(|d| d.failures()).unwrap_or(0) as usize;
+            let n = e.addresses.len();
+            // Newest address first, then the others in turn.
+            let addr = e.addresses[n - 1 - failures % n].clone();
+            e.dialing = true;
+            e.last_addr = Some(addr.clone());
+            budget -= 1;
+            jobs.push(DialJob { pubkey: k, addr });
+            changed = true;
+        }
+        drop(inner);
+        if changed {
+            self.changed.notify_one();
+        }
+        jobs
+    }
+
+    /// A dial finished: `Err` with the error text when it failed (the
+    /// backoff grows), `Ok` when it produced a session or lost to another
+    /// session by the duplicate rule. Returns the delay to the next attempt
+    /// on failure.
+    pub fn dial_finished(&self, peer: &PublicKey, result: Result<(), String>) -> Option<Duration> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let e = inner.peers.get_mut(peer)?;
+        e.dialing = false;
+        e.touched = Some(now);
+        let mut delay = None;
+        if let Err(err) = result {
+            e.last_error = Some(err);
+            if let Some(d) = &mut e.dial {
+                delay = Some(d.failed(now));
+            }
+        }
+        drop(inner);
+        self.changed.notify_one();
+        self.dial_wake.notify_one();
+        delay
+    }
+
+    /// When the dialer must look again at the latest.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.lock()
+            .peers
+            .values()
+            .filter(|e| e.session.is_none() && !e.dialing)
+            .filter_map(|e| e.dial.as_ref().and_then(|d| d.next_attempt()))
+            .min()
+    }
+
+    /// The status of every tracked peer, ordered by key.
+    pub fn snapshot(&self) -> Vec<PeerStatus> {
+        let inner = self.lock();
+        let mut v: Vec<PeerStatus> = inner
+            .peers
+            .iter()
+            .map(|(k, e)| PeerStatus {
+                pubkey: *k,
+                connected: e.session.is_some(),
+                direction: e.session.as_ref().map(|s| s.direction).or(e.direction),
+                addr: e
+                    .session
+                    .as_ref()
+                    .map(|s| s.addr.to_string())
+                    .or_else(|| e.last_addr.clone()),
+                connected_since_ms: e.session.as_ref().map(|s| unix_ms(s.since)),
+                last_seen_ms: e.last_seen.map(unix_ms),
+                rtt_us: e.rtt.map(|d| d.as_micros() as u64),
+                backoff_ms: e
+                    .dial
+                    .as_ref()
+                    .map(|d| d.current_backoff().as_millis() as u64),
+                next_attempt_ms: e
+                    .dial
+                    .as_ref()
+                    .filter(|_| e.session.is_none() && !e.dialing)
+                    .and_then(|d| d.next_attempt())
+                    .map(instant_to_unix_ms),
+                failures: e.dial.as_ref().map(|d| d.failures()).unwrap_or(0),
+                last_error: e.last_error.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.pubkey.as_bytes().cmp(b.pubkey.as_bytes()));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mmogit_identity::Identity;
+
+    fn key(n: u8) -> PublicKey {
+        Identity::from_secret_bytes(&[n; 32]).public_key()
+    }
+
+    #[test]
+    fn duplicate_rule_is_symmetric() {
+        for (a, b) in [(1u8, 2u8), (2, 1), (3, 9), (9, 3)] {
+            let (ka, kb) = (key(a), key(b));
+            let a_lower = ka.as_bytes() < kb.as_bytes();
+            // On A: the connection A opened is Outbound, B's is Inbound.
+            // Whichever registered first, A keeps the one opened by the lower key.
+            let a_keeps_own_if_out_new =
+                new_session_wins(&ka, &kb, Direction::Inbound, Direction::Outbound);
+            let a_keeps_theirs_if_in_new =
+                new_session_wins(&ka, &kb, Direction::Outbound, Direction::Inbound);
+            assert_eq!(a_keeps_own_if_out_new, a_lower);
+            assert_eq!(a_keeps_theirs_if_in_new, !a_lower);
+            // On B the same connection (opened by A) is Inbound.
+            let b_keeps_a_conn =
+                new_session_wins(&kb, &ka, Direction::Outbound, Direction::Inbound);
+            assert_eq!(b_keeps_a_conn, a_lower);
+            // Same direction: the newer wins.
+            assert!(new_session_wins(
+                &ka,
+                &kb,
+                Direction::Inbound,
+                Direction::Inbound
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn one_session_per_peer() {
+        let (us, them) = (key(1), key(2));
+        let us_lower = us.as_bytes() < them.as_bytes();
+        let r = Registry::new(
+            us,
+            DialParams {
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(300),
+                healthy: Duration::from_secs(10),
+            },
+        );
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let c1 = Arc::new(SessionCtl::default());
+        let id1 = r
+            .register(them, Direction::Inbound, addr, tx.clone(), c1.clone())
+            .unwrap();
+        let c2 = Arc::new(SessionCtl::default());
+        let second = r.register(them, Direction::Outbound, addr, tx.clone(), c2.clone());
+        assert_eq!(second.is_ok(), us_lower);
+        if us_lower {
+            assert_eq!(c1.take_close().as_deref(), Some(DUPLICATE_SESSION));
+            assert!(!r.unregister(&them, id1, None), "displaced, not registered");
+        } else {
+            assert!(c1.take_probe(), "kept session is probed");
+            assert!(c1.take_close().is_none());
+        }
+        assert_eq!(r.sessions(), 1);
+        let s = r.snapshot();
+        assert_eq!(s.len(), 1);
+        assert!(s[0].connected);
+    }
+}
