@@ -9,6 +9,7 @@
 mod memory;
 mod query;
 mod repo;
+mod sync;
 mod verify;
 
 pub use memory::{
@@ -18,6 +19,10 @@ pub use memory::{
 };
 pub use query::{Filter, RecallResult, Warning};
 pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX};
+pub use sync::{
+    BranchIngest, BundleInfo, IngestReport, IngestStatus, DEFAULT_BUNDLE_TIMEOUT, EVIDENCE_PREFIX,
+    QUARANTINE_PREFIX,
+};
 pub use verify::{Problem, VerifyReport};
 
 /// Everything that can go wrong in the store.
@@ -35,4 +40,17 @@ pub enum StoreError {
     Contention { branch: String, attempts: u32 },
     #[error("branch {0} has an unexpected shape: {1}")]
     BadBranch(String, String),
+    #[error("`{command}` failed: {message}")]
+    GitCommand { command: String, message: String },
+    #[error("`{command}` took longer than {}", humantime::format_duration(*after))]
+    Timeout {
+        command: String,
+        after: std::time::Duration,
+    },
+    #[error("I/O error on {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -1,0 +1,738 @@
+//! Verified ingest: the one gate every incoming memory passes, whatever the
+//! transport (a git remote, a path, a bundle received from a peer).
+//!
+//! 1. [`Store::fetch_into_quarantine`] runs `git fetch` of the source's
+//!    `users/*` branches into `refs/quarantine/<tag>/users/*`, never into
+//!    `refs/heads`.
+//! 2. [`Store::accept_incoming`] verifies each incoming branch from the tip we
+//!    hold to the new tip ([`Store::verify_history`]) and only then moves
+//!    `refs/heads/users/<key>` with a compare-and-swap. A branch with any
+//!    problem does not move at all. A rewritten history (the new tip does not
+//!    descend from ours) is refused and kept as evidence under
+//!    `refs/mmogit/evidence/<key>/<unix time>`.
+//!
+//! A crash at any point leaves `refs/heads/*` as it was: the only writes
+//! before the final compare-and-swap are objects and quarantine refs, and
+//! stale quarantine refs are deleted at the start of the next fetch.
+//!
+//! [`Store::create_bundle`] is the sending side for peers that are not git
+//! remotes: a `git bundle` of our branches minus what the peer already has;
+//! the receiver passes the bundle file to `fetch_into_quarantine`.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use git2::{ErrorCode, Oid};
+use mmogit_identity::PublicKey;
+use sha2::{Digest, Sha256};
+
+use crate::repo::{branch_name, Store, BRANCH_PREFIX};
+use crate::verify::Problem;
+use crate::StoreError;
+
+/// Namespace of fetched, not yet verified branches.
+pub const QUARANTINE_PREFIX: &str = "refs/quarantine/";
+/// Namespace of refused rewritten histories: `<prefix><key>/<unix time>`.
+pub const EVIDENCE_PREFIX: &str = "refs/mmogit/evidence/";
+/// Time limit of [`Store::create_bundle`].
+pub const DEFAULT_BUNDLE_TIMEOUT: Duration = Duration::from_secs(600);
+const MAX_CAS_ATTEMPTS: u32 = 20;
+
+/// What happened to one incoming branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestStatus {
+    /// Verified; our branch moved to the new tip.
+    Accepted,
+    /// Nothing new: the incoming tip is ours, or an ancestor of ours.
+    Unchanged,
+    /// Verification found problems (see `problems`); our branch did not move.
+    Refused,
+    /// Not verified or not applied for another reason (see `error`), e.g. the
+    /// branch kept moving under us; our branch did not move by this ingest.
+    Failed,
+}
+
+impl IngestStatus {
+    /// `accepted`, `unchanged`, `refused` or `failed`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IngestStatus::Accepted => "accepted",
+            IngestStatus::Unchanged => "unchanged",
+            IngestStatus::Refused => "refused",
+            IngestStatus::Failed => "failed",
+        }
+    }
+}
+
+/// The outcome for one incoming branch.
+#[derive(Debug, Clone)]
+pub struct BranchIngest {
+    /// Owner of the branch.
+    pub author: PublicKey,
+    /// Our tip before the ingest (None: we did not have the branch).
+    pub old: Option<Oid>,
+    /// The incoming tip.
+    pub new: Oid,
+    pub status: IngestStatus,
+    /// Memories added to our branch (0 unless accepted).
+    pub memories_added: usize,
+    /// Commits added to our branch (0 unless accepted).
+    pub commits_added: usize,
+    /// Why it was refused (empty unless refused).
+    pub problems: Vec<Problem>,
+    /// The evidence ref keeping a refused rewritten history, if any.
+    pub evidence: Option<String>,
+    /// Why it failed (None unless failed).
+    pub error: Option<String>,
+}
+
+/// The outcome of [`Store::accept_incoming`], one entry per incoming branch.
+#[derive(Debug, Clone, Default)]
+pub struct IngestReport {
+    pub branches: Vec<BranchIngest>,
+}
+
+impl IngestReport {
+    /// Branches with status `s`.
+    pub fn with_status(&self, s: IngestStatus) -> impl Iterator<Item = &BranchIngest> {
+        self.branches.iter().filter(move |b| b.status == s)
+    }
+
+    /// Memories added over all accepted branches.
+    pub fn memories_added(&self) -> usize {
+        self.branches.iter().map(|b| b.memories_added).sum()
+    }
+
+    /// Commits added over all accepted branches.
+    pub fn commits_added(&self) -> usize {
+        self.branches.iter().map(|b| b.commits_added).sum()
+    }
+
+    /// True when no branch was refused and none failed.
+    pub fn is_ok(&self) -> bool {
+        self.branches
+            .iter()
+            .all(|b| matches!(b.status, IngestStatus::Accepted | IngestStatus::Unchanged))
+    }
+}
+
+/// A bundle written by [`Store::create_bundle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleInfo {
+    /// Size of the file in bytes.
+    pub size: u64,
+    /// SHA-256 of the file, lowercase hex.
+    pub sha256: String,
+    /// The branches it carries, with their tips.
+    pub branches: Vec<(PublicKey, Oid)>,
+    /// Commits it carries (over all branches).
+    pub commits: usize,
+}
+
+/// Exit status and output of a git command.
+struct GitOutput {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl GitOutput {
+    fn stderr_text(&self) -> String {
+        let s = String::from_utf8_lossy(&self.stderr);
+        let s = s.trim();
+        if s.is_empty() {
+            format!("git exited with {}", self.status)
+        } else {
+            // Keep the message to a few lines.
+            s.lines().take(8).collect::<Vec<_>>().join("; ")
+        }
+    }
+}
+
+fn check_tag(tag: &str) -> Result<(), StoreError> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 64
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Git(git2::Error::from_str(&format!(
+            "invalid quarantine tag {tag:?}: use 1-64 letters, digits, - or _"
+        ))))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn reader_thread(
+    mut r: impl Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let res = r.read_to_end(&mut buf).map(|_| buf);
+        let _ = tx.send(res);
+    });
+    rx
+}
+
+impl Store {
+    /// Runs `git --git-dir <repo> <args>`, killing it after `timeout`.
+    /// `what` names the command in errors. Never prompts for credentials.
+    fn run_git(
+        &self,
+        what: &str,
+        args: &[OsString],
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<GitOutput, StoreError> {
+        let mut cmd = Command::new("git");
+        cmd.arg("--git-dir")
+            .arg(self.path())
+            .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
+            .args(["-c", "protocol.ext.allow=never"])
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LC_ALL", "C");
+        for v in [
+            "GIT_DIR",
+            "GIT_WORK_TREE",
+            "GIT_INDEX_FILE",
+            "GIT_OBJECT_DIRECTORY",
+            "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+            "GIT_NAMESPACE",
+            "GIT_QUARANTINE_PATH",
+        ] {
+            cmd.env_remove(v);
+        }
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| StoreError::GitCommand {
+            command: what.to_string(),
+            message: format!("cannot run git (is it installed?): {e}"),
+        })?;
+        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&data);
+            });
+        }
+        let out_rx = reader_thread(child.stdout.take().expect("piped stdout"));
+        let err_rx = reader_thread(child.stderr.take().expect("piped stderr"));
+        let deadline = Instant::now() + timeout;
+        let mut sleep = Duration::from_millis(1);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(StoreError::GitCommand {
+                        command: what.to_string(),
+                        message: format!("waiting for git: {e}"),
+                    });
+                }
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::warn!(command = what, ?timeout, "git killed after its time limit");
+                return Err(StoreError::Timeout {
+                    command: what.to_string(),
+                    after: timeout,
+                });
+            }
+            std::thread::sleep(sleep);
+            sleep = (sleep * 2).min(Duration::from_millis(50));
+        };
+        // A grandchild (ssh, upload-pack) could keep a pipe open: wait a
+        // little for the output, not forever.
+        let grace = Duration::from_secs(5);
+        let stdout = out_rx.recv_timeout(grace).ok().and_then(Result::ok);
+        let stderr = err_rx
+            .recv_timeout(grace)
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let Some(stdout) = stdout else {
+            return Err(StoreError::GitCommand {
+                command: what.to_string(),
+                message: "could not read the output of git".into(),
+            });
+        };
+        Ok(GitOutput {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Deletes every ref under `prefix`.
+    fn delete_refs_under(&self, prefix: &str) -> Result<usize, StoreError> {
+        let names: Vec<String> = self
+            .git()
+            .references_glob(&format!("{prefix}*"))?
+            .filter_map(|r| r.ok().and_then(|r| r.name().map(str::to_string)))
+            .collect();
+        let mut n = 0;
+        for name in names {
+            match self.git().find_reference(&name) {
+                Ok(mut r) => match r.delete() {
+                    Ok(()) => n += 1,
+                    // Another process removed it first.
+                    Err(e) if e.code() == ErrorCode::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                },
+                Err(e) if e.code() == ErrorCode::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Quarantine refs left behind by an interrupted ingest (all of
+    /// `refs/quarantine/*`). [`Store::accept_incoming`] works from the tips it
+    /// is given, not from these refs, so removing another ingest's refs does
+    /// not disturb it.
+    pub fn quarantine_refs(&self) -> Result<Vec<(String, Oid)>, StoreError> {
+        let mut out = Vec::new();
+        for r in self
+            .git()
+            .references_glob(&format!("{QUARANTINE_PREFIX}*"))?
+        {
+            let r = r?;
+            if let (Some(name), Some(oid)) = (r.name(), r.target()) {
+                out.push((name.to_string(), oid));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches every `users/*` branch of `source` (a git URL, a remote name,
+    /// a path or a bundle file) into `refs/quarantine/<tag>/users/*`, after
+    /// deleting stale quarantine refs. Never touches `refs/heads`. Returns the
+    /// incoming branch tips; refs whose name is not `users/<64 hex key>` are
+    /// dropped with a log line. `tag`: 1–64 letters, digits, `-` or `_`.
+    pub fn fetch_into_quarantine(
+        &self,
+        source: &str,
+        tag: &str,
+        timeout: Duration,
+    ) -> Result<Vec<(PublicKey, Oid)>, StoreError> {
+        check_tag(tag)?;
+        let stale = self.delete_refs_under(QUARANTINE_PREFIX)?;
+        if stale > 0 {
+            tracing::info!(
+                refs = stale,
+                "removed quarantine refs of an interrupted ingest"
+            );
+        }
+        let prefix = format!("{QUARANTINE_PREFIX}{tag}/users/");
+        let refspec = format!("+{BRANCH_PREFIX}*:{prefix}*");
+        let args: Vec<OsString> = [
+            "-c",
+            "fetch.fsckObjects=true",
+            "fetch",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--no-recurse-submodules",
+            "--quiet",
+            "--",
+            source,
+            &refspec,
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let what = format!("git fetch {source}");
+        let out = self.run_git(&what, &args, None, timeout)?;
+        if !out.status.success() {
+            return Err(StoreError::GitCommand {
+                command: what,
+                message: out.stderr_text(),
+            });
+        }
+        let mut tips = Vec::new();
+        let mut bad = Vec::new();
+        for r in self.git().references_glob(&format!("{prefix}*"))? {
+            let r = r?;
+            let Some(name) = r.name() else { continue };
+            let key = name
+                .strip_prefix(&prefix)
+                .and_then(|k| k.parse::<PublicKey>().ok());
+            match (key, r.target()) {
+                (Some(pk), Some(oid)) => tips.push((pk, oid)),
+                _ => {
+                    tracing::warn!(
+                        source,
+                        refname = name,
+                        "ignoring incoming ref that is not users/<pubkey>"
+                    );
+                    bad.push(name.to_string());
+                }
+            }
+        }
+        for name in bad {
+            if let Ok(mut r) = self.git().find_reference(&name) {
+                let _ = r.delete();
+            }
+        }
+        tips.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        Ok(tips)
+    }
+
+    /// Verifies and applies incoming branch tips (from
+    /// [`Store::fetch_into_quarantine`]). Per branch: unchanged when the tip
+    /// is ours or an ancestor of ours; otherwise the commits from our tip to
+    /// the new one are verified ([`Store::verify_history`]), and only when
+    /// there is no problem does `refs/heads/users/<key>` move, by
+    /// compare-and-swap. A rewritten history is refused and kept under
+    /// `refs/mmogit/evidence/<key>/<unix time>`. Our own branch follows the
+    /// same rules. Afterwards `refs/quarantine/<tag>/` is deleted.
+    pub fn accept_incoming(
+        &self,
+        tag: &str,
+        incoming: &[(PublicKey, Oid)],
+    ) -> Result<IngestReport, StoreError> {
+        check_tag(tag)?;
+        let mut report = IngestReport::default();
+        for &(author, new) in incoming {
+            report.branches.push(self.accept_branch(author, new)?);
+        }
+        self.delete_refs_under(&format!("{QUARANTINE_PREFIX}{tag}/"))?;
+        Ok(report)
+    }
+
+    fn accept_branch(&self, author: PublicKey, new: Oid) -> Result<BranchIngest, StoreError> {
+        let repo = self.git();
+        let refname = branch_name(&author);
+        let mut out = BranchIngest {
+            author,
+            old: None,
+            new,
+            status: IngestStatus::Unchanged,
+            memories_added: 0,
+            commits_added: 0,
+            problems: Vec::new(),
+            evidence: None,
+            error: None,
+        };
+        let branch = format!("users/{}", author.to_hex());
+        if repo.find_commit(new).is_err() {
+            out.old = self.tip(&author)?;
+            out.status = IngestStatus::Refused;
+            out.problems.push(Problem {
+                branch,
+                commit: Some(new.to_string()),
+                path: None,
+                memory: None,
+                reason: "the incoming tip is not a commit".into(),
+            });
+            return Ok(out);
+        }
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let old = self.tip(&author)?;
+            out.old = old;
+            if old == Some(new) {
+                out.status = IngestStatus::Unchanged;
+                return Ok(out);
+            }
+            let rewritten = match old {
+                Some(o) if repo.graph_descendant_of(o, new)? => {
+                    // The source is behind us: nothing to take.
+                    out.status = IngestStatus::Unchanged;
+                    return Ok(out);
+                }
+                Some(o) => !repo.graph_descendant_of(new, o)?,
+                None => false,
+            };
+            let verified = self.verify_history(&author, new, old)?;
+            if !verified.is_ok() || rewritten {
+                out.status = IngestStatus::Refused;
+                out.problems = verified.problems;
+                if rewritten {
+                    if out.problems.is_empty() {
+                        // verify_history reports it; make sure it is listed.
+                        out.problems.push(Problem {
+                            branch: branch.clone(),
+                            commit: Some(new.to_string()),
+                            path: None,
+                            memory: None,
+                            reason: "history was rewritten: the new tip does not descend from ours"
+                                .into(),
+                        });
+                    }
+                    out.evidence = Some(self.keep_evidence(&author, new)?);
+                }
+                tracing::warn!(
+                    branch = %branch,
+                    problems = out.problems.len(),
+                    "incoming branch refused"
+                );
+                return Ok(out);
+            }
+            let msg = format!("sync: verified {} memories", verified.memories);
+            let res = match old {
+                Some(o) => repo.reference_matching(&refname, new, true, o, &msg),
+                None => repo.reference(&refname, new, false, &msg),
+            };
+            match res {
+                Ok(_) => {
+                    out.status = IngestStatus::Accepted;
+                    out.memories_added = verified.memories;
+                    out.commits_added = verified.commits;
+                    return Ok(out);
+                }
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        ErrorCode::Modified | ErrorCode::Exists | ErrorCode::Locked
+                    ) =>
+                {
+                    tracing::debug!(attempt, branch = %branch, "branch moved during ingest, checking again");
+                    std::thread::sleep(Duration::from_millis(2 + attempt as u64 * 5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.status = IngestStatus::Failed;
+        out.error = Some(format!(
+            "branch {branch} kept moving (or stayed locked) during {MAX_CAS_ATTEMPTS} attempts; nothing applied"
+        ));
+        Ok(out)
+    }
+
+    /// Keeps a refused rewritten tip under `refs/mmogit/evidence/<key>/<unix time>`.
+    fn keep_evidence(&self, author: &PublicKey, tip: Oid) -> Result<String, StoreError> {
+        let base = format!("{EVIDENCE_PREFIX}{}/{}", author.to_hex(), unix_now());
+        for n in 0..1000 {
+            let name = if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
+            match self.git().refname_to_id(&name) {
+                Ok(existing) if existing == tip => return Ok(name),
+                Ok(_) => continue,
+                Err(e) if e.code() == ErrorCode::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            match self
+                .git()
+                .reference(&name, tip, false, "refused rewritten history")
+            {
+                Ok(_) => return Ok(name),
+                Err(e) if e.code() == ErrorCode::Exists => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StoreError::Git(git2::Error::from_str(
+            "too many evidence refs for one second",
+        )))
+    }
+
+    /// Evidence refs kept for refused rewritten histories, with their tips.
+    pub fn evidence_refs(&self) -> Result<Vec<(String, Oid)>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.git().references_glob(&format!("{EVIDENCE_PREFIX}*"))? {
+            let r = r?;
+            if let (Some(name), Some(oid)) = (r.name(), r.target()) {
+                out.push((name.to_string(), oid));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// [`Store::create_bundle_with_timeout`] with [`DEFAULT_BUNDLE_TIMEOUT`].
+    pub fn create_bundle(
+        &self,
+        path: &Path,
+        have: &[(PublicKey, Oid)],
+        only: Option<&[PublicKey]>,
+    ) -> Result<Option<BundleInfo>, StoreError> {
+        self.create_bundle_with_timeout(path, have, only, DEFAULT_BUNDLE_TIMEOUT)
+    }
+
+    /// Writes a git bundle at `path` of every `users/*` branch we hold (or
+    /// only those of `only`), without what the other side already has: each
+    /// `have` tip known to our repository is excluded with its history (a tip
+    /// we do not know is ignored, so that branch is sent in full). Returns
+    /// None, writing nothing, when nothing is new for the other side.
+    pub fn create_bundle_with_timeout(
+        &self,
+        path: &Path,
+        have: &[(PublicKey, Oid)],
+        only: Option<&[PublicKey]>,
+        timeout: Duration,
+    ) -> Result<Option<BundleInfo>, StoreError> {
+        let repo = self.git();
+        let mut known: Vec<Oid> = have
+            .iter()
+            .map(|(_, oid)| *oid)
+            .filter(|oid| repo.find_commit(*oid).is_ok())
+            .collect();
+        known.sort();
+        known.dedup();
+        let mut branches = Vec::new();
+        let mut commits = 0;
+        for (pk, tip) in self.branches()? {
+            if only.is_some_and(|o| !o.contains(&pk)) {
+                continue;
+            }
+            let mut walk = repo.revwalk()?;
+            walk.push(tip)?;
+            for k in &known {
+                walk.hide(*k)?;
+            }
+            let mut n = 0;
+            for c in walk {
+                c?;
+                n += 1;
+            }
+            if n > 0 {
+                branches.push((pk, tip));
+                commits += n;
+            }
+        }
+        if branches.is_empty() {
+            return Ok(None);
+        }
+        let mut revs = String::new();
+        for (pk, _) in &branches {
+            revs.push_str(&branch_name(pk));
+            revs.push('\n');
+        }
+        for k in &known {
+            revs.push_str(&format!("^{k}\n"));
+        }
+        let args: Vec<OsString> = vec![
+            "bundle".into(),
+            "create".into(),
+            "--quiet".into(),
+            path.as_os_str().to_owned(),
+            "--stdin".into(),
+        ];
+        let what = format!("git bundle create {}", path.display());
+        let out = self.run_git(&what, &args, Some(revs.into_bytes()), timeout)?;
+        if !out.status.success() {
+            return Err(StoreError::GitCommand {
+                command: what,
+                message: out.stderr_text(),
+            });
+        }
+        let io = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        Ok(Some(BundleInfo {
+            size,
+            sha256: hex::encode(hasher.finalize()),
+            branches,
+            commits,
+        }))
+    }
+
+    /// The `users/*` branch tips of `source` (git URL, remote name or path),
+    /// from `git ls-remote`. Refs that are not `users/<key>` are skipped.
+    pub fn remote_tips(
+        &self,
+        source: &str,
+        timeout: Duration,
+    ) -> Result<Vec<(PublicKey, Oid)>, StoreError> {
+        let args: Vec<OsString> = ["ls-remote", "--refs", "--", source, "refs/heads/users/*"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let what = format!("git ls-remote {source}");
+        let out = self.run_git(&what, &args, None, timeout)?;
+        if !out.status.success() {
+            return Err(StoreError::GitCommand {
+                command: what,
+                message: out.stderr_text(),
+            });
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut tips: Vec<(PublicKey, Oid)> = text
+            .lines()
+            .filter_map(|l| {
+                let (oid, name) = l.split_once('\t')?;
+                Some((crate::parse_branch_name(name)?, Oid::from_str(oid).ok()?))
+            })
+            .collect();
+        tips.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        Ok(tips)
+    }
+
+    /// Pushes `author`'s branch to the same branch of `dest` (git URL, remote
+    /// name or path), never forcing. A refused push (the remote's branch is
+    /// not an ancestor of ours) is a [`StoreError::GitCommand`].
+    pub fn push_branch(
+        &self,
+        dest: &str,
+        author: &PublicKey,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let name = branch_name(author);
+        let refspec = format!("{name}:{name}");
+        let args: Vec<OsString> = ["push", "--quiet", "--no-verify", "--", dest, &refspec]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let what = format!("git push {dest}");
+        let out = self.run_git(&what, &args, None, timeout)?;
+        if !out.status.success() {
+            return Err(StoreError::GitCommand {
+                command: what,
+                message: out.stderr_text(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Commits reachable from `tip` and not from `base` (all of them when
+    /// `base` is None or unknown here).
+    pub fn count_commits(&self, tip: Oid, base: Option<Oid>) -> Result<usize, StoreError> {
+        let repo = self.git();
+        let mut walk = repo.revwalk()?;
+        walk.push(tip)?;
+        if let Some(b) = base {
+            if repo.find_commit(b).is_ok() {
+                walk.hide(b)?;
+            }
+        }
+        let mut n = 0;
+        for c in walk {
+            c?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
