@@ -96,8 +96,8 @@ const KINDS: &[&str] = &[
     "question",
 ];
 const TAGS: &[&str] = &[
-    "rust", "git", "p2p", "crypto", "ed25519", "design", "perf", "user", "bug", "api",
-    "storage", "sync", "ux", "docs", "testing", "network", "memory", "identity",
+    "rust", "git", "p2p", "crypto", "ed25519", "design", "perf", "user", "bug", "api", "storage",
+    "sync", "ux", "docs", "testing", "network", "memory", "identity",
 ];
 const SENTENCES: &[&str] = &[
     "The borrow checker rejected the shared mutable reference until the cache moved behind a mutex.",
@@ -314,7 +314,12 @@ fn verdict(t: &Target, value: f64) -> (String, &'static str) {
 
 fn fmt_stats(s: &Stats) -> String {
     match s.cpu {
-        Some(c) => format!("{:.1} ms (p90 {:.1}, cpu {:.1})", ms(s.median), ms(s.p90), ms(c)),
+        Some(c) => format!(
+            "{:.1} ms (p90 {:.1}, cpu {:.1})",
+            ms(s.median),
+            ms(s.p90),
+            ms(c)
+        ),
         None => format!("{:.1} ms (p90 {:.1})", ms(s.median), ms(s.p90)),
     }
 }
@@ -334,7 +339,14 @@ fn latency_row(op: &str, m: &Stats, base: Option<&Stats>, target: Target) -> Row
 }
 
 fn print_table(rows: &[Row]) {
-    let head = ["operation", "mmogit", "git baseline", "ratio", "target", "pass/fail"];
+    let head = [
+        "operation",
+        "mmogit",
+        "git baseline",
+        "ratio",
+        "target",
+        "pass/fail",
+    ];
     let cells: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
@@ -440,7 +452,10 @@ fn main() {
     run("mmogit init", mmogit(&bin, &home).args(["init", "--json"]));
     let pk = stdout(&run("mmogit whoami", mmogit(&bin, &home).arg("whoami")));
     let repo = home.join("memories.git");
-    eprintln!("[1/5] import {n} memories ({} KiB JSONL)", jsonl_bytes / 1024);
+    eprintln!(
+        "[1/5] import {n} memories ({} KiB JSONL)",
+        jsonl_bytes / 1024
+    );
     let ((import_t, out), import_cpu) = cpu_of(|| {
         timed(
             "mmogit import",
@@ -467,7 +482,11 @@ fn main() {
         let (warm, out) = timed("mmogit recall", mmogit(&bin, &home).args(&args));
         if json {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("recall json");
-            assert_eq!(v.as_array().map(|a| a.len()), Some(20), "recall --json returns 20");
+            assert_eq!(
+                v.as_array().map(|a| a.len()),
+                Some(20),
+                "recall --json returns 20"
+            );
         }
         let reps = reps_for(warm, runs);
         let (xs, cpu) = cpu_of(|| {
@@ -543,11 +562,17 @@ fn main() {
             .stdin(archive.stdout.take().unwrap())
             .status()
             .expect("tar -x");
-        assert!(tar.success() && archive.wait().unwrap().success(), "git archive | tar -x");
+        assert!(
+            tar.success() && archive.wait().unwrap().success(),
+            "git archive | tar -x"
+        );
     }
     let ((git_add_all_t, git_commit_all_t), git_import_cpu) = cpu_of(|| {
         let (a, _) = timed("git add -A", git(&gdir).args(["add", "-A"]));
-        let (c, _) = timed("git commit", git(&gdir).args(["commit", "-q", "-m", "import"]));
+        let (c, _) = timed(
+            "git commit",
+            git(&gdir).args(["commit", "-q", "-m", "import"]),
+        );
         (a, c)
     });
     let git_import_t = git_add_all_t + git_commit_all_t;
@@ -561,7 +586,13 @@ fn main() {
     let one_commit = |i: usize| -> Duration {
         // A new id-named file in the same sharded layout, same size as a memory file.
         let mut rng = Rng(0xA5A5_0000 + i as u64);
-        let id = format!("{:016x}{:016x}{:016x}{:016x}", rng.next(), rng.next(), rng.next(), rng.next());
+        let id = format!(
+            "{:016x}{:016x}{:016x}{:016x}",
+            rng.next(),
+            rng.next(),
+            rng.next(),
+            rng.next()
+        );
         let rel = format!("memories/{}/{id}.json", &id[..2]);
         let body = serde_json::json!({
             "id": id, "author": pk, "type": "observation",
@@ -597,7 +628,10 @@ fn main() {
             git(&gdir).args(["log", "-20", "--name-only", "--format="]),
         );
         read_bytes = 0;
-        for name in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()) {
+        for name in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+        {
             read_bytes += fs::read(gdir.join(name)).map(|b| b.len()).unwrap_or(0);
         }
         log_files.push(t.elapsed());
@@ -614,7 +648,11 @@ fn main() {
     let (fsck, fsck_cpu) = cpu_of(|| {
         (0..3)
             .map(|_| {
-                timed("git fsck", git(&gdir).args(["fsck", "--no-dangling", "--no-progress"])).0
+                timed(
+                    "git fsck",
+                    git(&gdir).args(["fsck", "--no-dangling", "--no-progress"]),
+                )
+                .0
             })
             .collect::<Vec<_>>()
     });
@@ -638,7 +676,10 @@ fn main() {
                 git_import_t.as_secs_f64(),
                 git_import_cpu.as_secs_f64()
             ),
-            ratio: format!("{:.2}x", import_t.as_secs_f64() / git_import_t.as_secs_f64()),
+            ratio: format!(
+                "{:.2}x",
+                import_t.as_secs_f64() / git_import_t.as_secs_f64()
+            ),
             target: target_s,
             verdict: v,
         });

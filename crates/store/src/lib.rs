@@ -6,7 +6,9 @@
 //! libgit2; the branch moves with a compare-and-swap, so concurrent writers
 //! never lose a memory and a crash never leaves a half-written branch.
 
+mod index;
 mod memory;
+mod pack;
 mod query;
 mod repo;
 mod sync;

@@ -1,14 +1,13 @@
 //! Recall: memories across every branch, newest first, with filters.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::HashSet;
 use std::time::SystemTime;
 
-use git2::Oid;
 use mmogit_identity::PublicKey;
 
+use crate::index::Entry;
 use crate::memory::{MemoryType, UnverifiedMemory, VerifiedMemory, MAX_MEMORY_FILE_BYTES};
-use crate::repo::{Change, Store};
+use crate::repo::Store;
 use crate::StoreError;
 
 /// Which memories to return. Empty lists mean "any".
@@ -73,133 +72,100 @@ pub struct RecallResult {
     pub warnings: Vec<Warning>,
 }
 
-fn commit_secs(c: &git2::Commit) -> i64 {
-    c.time().seconds()
-}
-
-fn to_secs(t: SystemTime) -> i64 {
-    match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
+impl Filter {
+    /// The conditions that the index can check without reading the memory.
+    fn matches_entry(&self, e: &Entry) -> bool {
+        (self.kinds.is_empty() || self.kinds.contains(&e.k))
+            && self.tags.iter().all(|t| e.g.contains(t))
+            && self
+                .min_confidence
+                .is_none_or(|min| e.c.is_some_and(|c| c >= min))
+            && self.since.is_none_or(|s| e.created() >= s)
     }
 }
 
+/// How many candidates are read and verified together (batch verification).
+const VERIFY_CHUNK: usize = 256;
+
 impl Store {
     /// Memories on every `users/*` branch that pass `filter`, newest first,
-    /// each verified (signature, id, and author owns the branch).
+    /// each read from git and verified (signature, id, author owns the
+    /// branch) before it is returned.
     ///
-    /// Walks the branches' histories from their tips, newest commit first,
-    /// and stops as soon as older commits cannot hold anything newer than
-    /// what was found (a commit's time is never before the memories it adds).
+    /// Candidates come from the recall index (derived, untrusted metadata,
+    /// brought up to date with the branch tips first), so a limited recall
+    /// reads only about `limit` memories. Files that cannot be memories are
+    /// reported as warnings and never returned.
     pub fn recall(&self, filter: &Filter) -> Result<RecallResult, StoreError> {
-        let repo = self.git();
-        let mut result = RecallResult::default();
         let mut branches = self.branches()?;
         if !filter.authors.is_empty() {
             branches.retain(|(pk, _)| filter.authors.contains(pk));
         }
-        let since_secs = filter.since.map(to_secs);
-        // Max-heap of (commit time, branch index, commit id).
-        let mut heap: BinaryHeap<(i64, usize, Oid)> = BinaryHeap::new();
-        for (i, (_, tip)) in branches.iter().enumerate() {
-            let c = repo.find_commit(*tip)?;
-            heap.push((commit_secs(&c), i, *tip));
-        }
-        // Min-heap of the best `limit` creation times found so far.
-        let mut best: BinaryHeap<Reverse<SystemTime>> = BinaryHeap::new();
-        let mut found: Vec<VerifiedMemory> = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut visited: HashSet<Oid> = HashSet::new();
-        while let Some((secs, bi, oid)) = heap.pop() {
-            if let (Some(limit), Some(Reverse(worst))) = (filter.limit, best.peek()) {
-                if best.len() >= limit && secs < to_secs(*worst) - 1 {
-                    break;
-                }
-            }
-            if let Some(s) = since_secs {
-                if secs < s - 1 {
-                    continue; // this branch has nothing newer further down
-                }
-            }
-            if !visited.insert(oid) {
-                continue;
-            }
-            let (owner, _) = branches[bi];
-            let commit = repo.find_commit(oid)?;
-            let parent = if commit.parent_count() > 0 {
-                Some(commit.parent(0)?)
-            } else {
-                None
-            };
-            let parent_tree = parent.as_ref().map(|p| p.tree()).transpose()?;
-            let changes = self.diff_trees(parent_tree.as_ref(), &commit.tree()?)?;
+        let indexes = self.branch_indexes(&branches)?;
+        let mut result = RecallResult::default();
+        let mut candidates: Vec<(&Entry, &PublicKey)> = Vec::new();
+        for ((owner, _), bi) in branches.iter().zip(&indexes) {
             let branch = format!("users/{}", owner.to_hex());
-            for ch in changes {
-                let Change::Added { path, id, blob } = ch else {
-                    continue;
-                };
-                if seen.contains(&id) {
+            for b in &bi.bad {
+                result.warnings.push(Warning {
+                    path: format!("{branch}:{}", b.path),
+                    reason: b.reason.clone(),
+                });
+            }
+            candidates.extend(
+                bi.entries
+                    .iter()
+                    .filter(|e| filter.matches_entry(e))
+                    .map(|e| (e, owner)),
+            );
+        }
+        candidates.sort_by(|a, b| b.0.t.cmp(&a.0.t).then_with(|| a.0.id.cmp(&b.0.id)));
+        let want = filter.limit.unwrap_or(usize::MAX);
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut rest = candidates.as_slice();
+        while result.memories.len() < want && !rest.is_empty() {
+            let n = (want - result.memories.len())
+                .clamp(1, VERIFY_CHUNK)
+                .min(rest.len());
+            let (chunk, tail) = rest.split_at(n);
+            rest = tail;
+            let mut parsed = Vec::with_capacity(n);
+            for (e, owner) in chunk {
+                if !seen.insert(e.id.as_str()) {
                     continue;
                 }
                 let warn = |reason: String| Warning {
-                    path: format!("{branch}:{path}"),
+                    path: format!("users/{}:{}", owner.to_hex(), e.p),
                     reason,
                 };
-                let um = match self
-                    .read_blob(blob, MAX_MEMORY_FILE_BYTES)
-                    .and_then(|d| UnverifiedMemory::from_json(&d))
-                {
-                    Ok(m) => m,
-                    Err(e) => {
-                        result.warnings.push(warn(e.to_string()));
-                        continue;
-                    }
-                };
-                if !filter.matches(&um) {
-                    continue;
-                }
-                if um.id != id {
-                    result.warnings.push(warn(format!(
-                        "file name does not match the memory id {}",
-                        um.id
-                    )));
-                    continue;
-                }
-                if um.author != owner {
-                    result.warnings.push(warn(format!(
-                        "memory by {} on a branch it does not own",
-                        um.author
-                    )));
-                    continue;
-                }
-                match um.verify() {
-                    Ok(vm) => {
-                        seen.insert(id);
-                        let t = vm.created_time();
-                        if let Some(limit) = filter.limit {
-                            best.push(Reverse(t));
-                            if best.len() > limit {
-                                best.pop();
-                            }
+                let um = git2::Oid::from_str(&e.b)
+                    .map_err(StoreError::from)
+                    .and_then(|b| self.read_blob(b, MAX_MEMORY_FILE_BYTES))
+                    .and_then(|d| UnverifiedMemory::from_json(&d));
+                match um {
+                    Ok(m) if m.id == e.id && m.author == **owner => {
+                        if filter.matches(&m) {
+                            parsed.push((m, warn(String::new())));
                         }
-                        found.push(vm);
                     }
-                    Err(e) => result.warnings.push(warn(e.to_string())),
+                    Ok(_) => result
+                        .warnings
+                        .push(warn("the file changed since it was indexed".into())),
+                    Err(err) => result.warnings.push(warn(err.to_string())),
                 }
             }
-            if let Some(p) = parent {
-                heap.push((commit_secs(&p), bi, p.id()));
+            let (items, places): (Vec<_>, Vec<_>) = parsed.into_iter().unzip();
+            for (r, mut place) in UnverifiedMemory::verify_many(items).into_iter().zip(places) {
+                match r {
+                    Ok(vm) => result.memories.push(vm),
+                    Err(err) => {
+                        place.reason = err.to_string();
+                        result.warnings.push(place);
+                    }
+                }
             }
         }
-        found.sort_by(|a, b| {
-            b.created_time()
-                .cmp(&a.created_time())
-                .then_with(|| a.id().cmp(b.id()))
-        });
-        if let Some(limit) = filter.limit {
-            found.truncate(limit);
-        }
-        result.memories = found;
+        result.memories.truncate(want);
         Ok(result)
     }
 }

@@ -173,6 +173,8 @@ impl Store {
         batch: usize,
         mut progress: impl FnMut(usize),
     ) -> Result<Option<Oid>, StoreError> {
+        check_owner(identity, memories)?;
+        let _lock = WriteLock::acquire(&self.repo)?;
         // A second handle whose object writes go to memory, then to one pack per batch.
         let repo = Repository::open_bare(&self.path)?;
         let odb = repo.odb()?;
@@ -180,10 +182,15 @@ impl Store {
         let mut tip = None;
         let mut done = 0;
         for chunk in memories.chunks(batch.max(1)) {
+            // Blobs go straight into a pack of their own; only the few trees
+            // and the commit pass through the in-memory backend.
+            let jsons: Vec<Vec<u8>> = chunk.iter().map(|m| m.to_json()).collect();
+            let oids = crate::pack::write_blob_pack(&repo, &jsons)?;
+            let blobs = blob_entries(chunk, &oids);
             let new_tip = append_objects(
                 &repo,
                 identity,
-                chunk,
+                &blobs,
                 &format!("import {} memories", chunk.len()),
             )?;
             let mut buf = git2::Buf::new();
@@ -200,7 +207,7 @@ impl Store {
                     identity,
                     commit,
                     old,
-                    chunk,
+                    &blobs,
                     &format!("import {} memories", chunk.len()),
                 )?);
             }
@@ -372,42 +379,53 @@ pub(crate) fn diff_trees(
 
 /// Builds the commit for `memories` on top of the current tip. Returns the
 /// new commit and the tip it was built on, or None when nothing is new.
-fn append_objects(
-    repo: &Repository,
-    identity: &Identity,
-    memories: &[VerifiedMemory],
-    message: &str,
-) -> Result<Option<(Oid, Option<Oid>)>, StoreError> {
+/// `(shard, file name, blob)` of each memory.
+type BlobEntry = (String, String, Oid);
+
+fn blob_entries(memories: &[VerifiedMemory], oids: &[Oid]) -> Vec<BlobEntry> {
+    memories
+        .iter()
+        .zip(oids)
+        .map(|(m, oid)| (m.id()[..2].to_string(), format!("{}.json", m.id()), *oid))
+        .collect()
+}
+
+fn check_owner(identity: &Identity, memories: &[VerifiedMemory]) -> Result<(), StoreError> {
     let author = identity.public_key();
-    if let Some(m) = memories.iter().find(|m| *m.author() != author) {
-        return Err(StoreError::InvalidMemory(format!(
+    match memories.iter().find(|m| *m.author() != author) {
+        Some(m) => Err(StoreError::InvalidMemory(format!(
             "memory {} is by {}, not by the branch owner {}",
             m.id(),
             m.author(),
             author
-        )));
+        ))),
+        None => Ok(()),
     }
-    let blobs: Vec<(String, String, Oid)> = memories
-        .iter()
-        .map(|m| {
-            let oid = repo.blob(&m.to_json())?;
-            Ok((m.id()[..2].to_string(), format!("{}.json", m.id()), oid))
-        })
-        .collect::<Result<_, git2::Error>>()?;
+}
+
+/// Builds the commit adding `blobs` on top of the current tip. Returns the
+/// new commit and the tip it was built on, or None when nothing is new.
+fn append_objects(
+    repo: &Repository,
+    identity: &Identity,
+    blobs: &[BlobEntry],
+    message: &str,
+) -> Result<Option<(Oid, Option<Oid>)>, StoreError> {
+    let author = identity.public_key();
     let refname = branch_name(&author);
     let tip = match repo.refname_to_id(&refname) {
         Ok(oid) => Some(oid),
         Err(e) if e.code() == ErrorCode::NotFound => None,
         Err(e) => return Err(e.into()),
     };
-    build_commit(repo, &author, tip, &blobs, message).map(|c| c.map(|c| (c, tip)))
+    build_commit(repo, &author, tip, blobs, message).map(|c| c.map(|c| (c, tip)))
 }
 
 fn build_commit(
     repo: &Repository,
     author: &PublicKey,
     tip: Option<Oid>,
-    blobs: &[(String, String, Oid)],
+    blobs: &[BlobEntry],
     message: &str,
 ) -> Result<Option<Oid>, StoreError> {
     let parent = tip.map(|t| repo.find_commit(t)).transpose()?;
@@ -461,7 +479,7 @@ fn move_ref(
     identity: &Identity,
     mut commit: Oid,
     mut old: Option<Oid>,
-    memories: &[VerifiedMemory],
+    blobs: &[BlobEntry],
     message: &str,
 ) -> Result<Oid, StoreError> {
     let refname = branch_name(&identity.public_key());
@@ -482,7 +500,7 @@ fn move_ref(
                 if e.code() == ErrorCode::Locked {
                     std::thread::sleep(Duration::from_millis(1 + (attempt as u64 % 5)));
                 }
-                match append_objects(repo, identity, memories, message)? {
+                match append_objects(repo, identity, blobs, message)? {
                     Some((c, o)) => {
                         commit = c;
                         old = o;
@@ -500,14 +518,53 @@ fn move_ref(
     })
 }
 
+/// An exclusive lock on the repository's writers (released on drop, also when
+/// the process dies). The ref update is a compare-and-swap as well; the lock
+/// makes concurrent writers queue instead of racing and retrying.
+pub(crate) struct WriteLock(std::fs::File);
+
+impl WriteLock {
+    pub(crate) fn acquire(repo: &Repository) -> Result<WriteLock, StoreError> {
+        let dir = repo.path().join("mmogit");
+        let io = |e: std::io::Error| {
+            StoreError::Git(git2::Error::from_str(&format!(
+                "locking {}: {e}",
+                dir.join("write.lock").display()
+            )))
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("write.lock"))
+            .map_err(io)?;
+        f.lock().map_err(io)?;
+        Ok(WriteLock(f))
+    }
+}
+
+impl Drop for WriteLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
 pub(crate) fn append_to(
     repo: &Repository,
     identity: &Identity,
     memories: &[VerifiedMemory],
     message: &str,
 ) -> Result<Oid, StoreError> {
-    match append_objects(repo, identity, memories, message)? {
-        Some((commit, old)) => move_ref(repo, identity, commit, old, memories, message),
+    check_owner(identity, memories)?;
+    let _lock = WriteLock::acquire(repo)?;
+    let oids = memories
+        .iter()
+        .map(|m| repo.blob(&m.to_json()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let blobs = blob_entries(memories, &oids);
+    match append_objects(repo, identity, &blobs, message)? {
+        Some((commit, old)) => move_ref(repo, identity, commit, old, &blobs, message),
         None => repo
             .refname_to_id(&branch_name(&identity.public_key()))
             .map_err(Into::into),

@@ -137,11 +137,11 @@ fn concurrent_writers_all_land() {
         }
     });
     let store = Store::open(&path).unwrap();
-    let all = store.recall(&Filter::default()).unwrap();
-    assert_eq!(all.memories.len(), 100);
     let report = store.verify_all().unwrap();
     assert!(report.is_ok(), "{:?}", report.problems);
-    assert_eq!(report.commits, 100);
+    assert_eq!((report.commits, report.memories), (100, 100));
+    let all = store.recall(&Filter::default()).unwrap();
+    assert_eq!(all.memories.len(), 100, "{:?}", all.warnings);
 }
 
 #[test]
@@ -184,7 +184,7 @@ fn import_writes_packs_and_batches() {
                 .is_some_and(|x| x == "pack")
         })
         .count();
-    assert_eq!(packs, 3);
+    assert_eq!(packs, 6, "a blob pack and a tree+commit pack per batch");
     // Importing the same memories again adds nothing.
     store.import(&id, &mems, 100, |_| {}).unwrap();
     assert_eq!(store.verify_all().unwrap().commits, 4);
@@ -331,4 +331,133 @@ fn rewritten_history_is_detected() {
         .problems
         .iter()
         .any(|p| p.reason.contains("rewritten")));
+}
+
+fn recall_ids(store: &Store, f: &Filter) -> Vec<String> {
+    store
+        .recall(f)
+        .unwrap()
+        .memories
+        .iter()
+        .map(|m| m.id().to_string())
+        .collect()
+}
+
+#[test]
+fn recall_index_is_incremental_and_rebuilt_when_lost_or_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo.git");
+    let store = Store::open_or_init(&repo).unwrap();
+    let a = Identity::from_secret_bytes(&[1; 32]);
+    let mems: Vec<VerifiedMemory> = (0..300)
+        .map(|i| {
+            VerifiedMemory::create(
+                &a,
+                new(MemoryType::Learning, &format!("bulk {i}"), &["bulk"]),
+            )
+            .unwrap()
+        })
+        .collect();
+    store.import(&a, &mems, 1000, |_| {}).unwrap();
+    let limited = Filter {
+        limit: Some(5),
+        ..Default::default()
+    };
+    let first = recall_ids(&store, &limited);
+    let want: Vec<String> = mems
+        .iter()
+        .rev()
+        .take(5)
+        .map(|m| m.id().to_string())
+        .collect();
+    assert_eq!(first, want);
+    let index = repo.join("mmogit/recall-index.json");
+    assert!(index.exists());
+
+    // A new memory is picked up by walking only the new commit.
+    let newest = remember(&store, &a, new(MemoryType::Task, "after import", &[]));
+    assert_eq!(recall_ids(&store, &limited)[0], newest.id());
+    let all = recall_ids(&store, &Filter::default());
+    assert_eq!(all.len(), 301);
+
+    // Deleted or corrupt: rebuilt, same answers.
+    std::fs::remove_file(&index).unwrap();
+    assert_eq!(recall_ids(&store, &Filter::default()), all);
+    std::fs::write(&index, b"{ garbage").unwrap();
+    assert_eq!(recall_ids(&store, &Filter::default()), all);
+    assert!(serde_json::from_slice::<serde_json::Value>(&std::fs::read(&index).unwrap()).is_ok());
+}
+
+#[test]
+fn a_lying_index_never_yields_an_unverified_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo.git");
+    let store = Store::open_or_init(&repo).unwrap();
+    let a = Identity::from_secret_bytes(&[1; 32]);
+    let good = remember(&store, &a, new(MemoryType::Learning, "good", &["x"]));
+    let other = remember(&store, &a, new(MemoryType::Learning, "other", &["y"]));
+    store.recall(&Filter::default()).unwrap();
+    // Point `good`'s entry at a forged blob with the same id but changed content.
+    let mut rec = good.record().clone();
+    rec.content = "evil".into();
+    let forged = store
+        .git()
+        .blob(&serde_json::to_vec(&rec).unwrap())
+        .unwrap();
+    let index = repo.join("mmogit/recall-index.json");
+    let text = std::fs::read_to_string(&index).unwrap();
+    let good_blob = store
+        .git()
+        .find_commit(store.tip(&a.public_key()).unwrap().unwrap())
+        .unwrap()
+        .tree()
+        .unwrap()
+        .get_path(std::path::Path::new(&good.path()))
+        .unwrap()
+        .id()
+        .to_string();
+    assert!(text.contains(&good_blob));
+    std::fs::write(&index, text.replace(&good_blob, &forged.to_string())).unwrap();
+    let got = store.recall(&Filter::default()).unwrap();
+    let ids: Vec<&str> = got.memories.iter().map(|m| m.id()).collect();
+    assert_eq!(ids, vec![other.id()], "the forged content is not returned");
+    assert!(
+        got.warnings
+            .iter()
+            .any(|w| w.reason.contains("does not match its content")),
+        "{:?}",
+        got.warnings
+    );
+    // A lying tag in the index cannot smuggle a memory past the filter.
+    let text = std::fs::read_to_string(&index).unwrap();
+    std::fs::write(&index, text.replace("\"y\"", "\"x\"")).unwrap();
+    let got = store
+        .recall(&Filter {
+            tags: vec!["x".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(got
+        .memories
+        .iter()
+        .all(|m| m.tags().contains(&"x".to_string())));
+}
+
+#[test]
+fn recall_index_follows_a_replaced_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_or_init(&dir.path().join("repo.git")).unwrap();
+    let a = Identity::from_secret_bytes(&[1; 32]);
+    remember(&store, &a, new(MemoryType::Learning, "one", &[]));
+    let base = store.tip(&a.public_key()).unwrap().unwrap();
+    let two = remember(&store, &a, new(MemoryType::Learning, "two", &[]));
+    assert_eq!(recall_ids(&store, &Filter::default()).len(), 2);
+    // Move the branch back (as a repair by hand would): the index follows.
+    store
+        .git()
+        .reference(&branch_name(&a.public_key()), base, true, "reset")
+        .unwrap();
+    let ids = recall_ids(&store, &Filter::default());
+    assert_eq!(ids.len(), 1);
+    assert!(!ids.contains(&two.id().to_string()));
 }
