@@ -52,6 +52,11 @@ impl Backoff {
         self.current
     }
 
+    /// The first delay.
+    pub fn base(&self) -> Duration {
+        self.base
+    }
+
     /// Consecutive failures since the last reset.
     pub fn failures(&self) -> u32 {
         self.failures
@@ -168,6 +173,13 @@ impl DialSchedule {
             self.backoff.reset();
         }
         self.failed_with(now, unit)
+    }
+
+    /// The session was closed by the duplicate-session rule (another one
+    /// with the peer is kept): not a failure; look again after `base`.
+    pub fn superseded(&mut self, now: Instant) {
+        self.connected_at = None;
+        self.next_attempt = Some(now + self.backoff.base());
     }
 
     /// Attempt as soon as possible (e.g. the peer's address changed).

@@ -172,9 +172,12 @@ pub(crate) async fn drive(
         }
     };
     let registered = id.is_some_and(|id| {
-        shared
-            .registry
-            .unregister(&pk, id, remote_error.then(|| reason.clone()))
+        shared.registry.unregister(
+            &pk,
+            id,
+            remote_error.then(|| reason.clone()),
+            reason.ends_with(DUPLICATE_SESSION),
+        )
     });
     info!(%addr, peer = %who, %direction, %reason, current = registered, "peer disconnected");
     shared.emit(NodeEvent::PeerDisconnected {

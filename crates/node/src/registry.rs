@@ -271,8 +271,15 @@ impl Registry {
         Ok(id)
     }
 
-    /// The session `id` ended. Returns true when it was the registered one.
-    pub fn unregister(&self, peer: &PublicKey, id: u64, error: Option<String>) -> bool {
+    /// The session `id` ended (`superseded`: by the duplicate-session rule).
+    /// Returns true when it was the registered one.
+    pub fn unregister(
+        &self,
+        peer: &PublicKey,
+        id: u64,
+        error: Option<String>,
+        superseded: bool,
+    ) -> bool {
         let now = Instant::now();
         let mut inner = self.lock();
         let Some(e) = inner.peers.get_mut(peer) else {
@@ -284,11 +291,17 @@ impl Registry {
         e.session = None;
         e.last_seen = Some(SystemTime::now());
         e.touched = Some(now);
-        if error.is_some() {
-            e.last_error = error;
-        }
-        if let Some(d) = &mut e.dial {
-            d.disconnected(now);
+        if superseded {
+            if let Some(d) = &mut e.dial {
+                d.superseded(now);
+            }
+        } else {
+            if error.is_some() {
+                e.last_error = error;
+            }
+            if let Some(d) = &mut e.dial {
+                d.disconnected(now);
+            }
         }
         Self::prune(&mut inner);
         drop(inner);
@@ -582,7 +595,10 @@ mod tests {
         assert_eq!(second.is_ok(), us_lower);
         if us_lower {
             assert_eq!(c1.take_close().as_deref(), Some(DUPLICATE_SESSION));
-            assert!(!r.unregister(&them, id1, None), "displaced, not registered");
+            assert!(
+                !r.unregister(&them, id1, None, true),
+                "displaced, not registered"
+            );
         } else {
             assert!(c1.take_probe(), "kept session is probed");
             assert!(c1.take_close().is_none());
