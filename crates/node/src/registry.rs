@@ -191,11 +191,11 @@ fn instant_to_unix_ms(t: Instant) -> u64 {
     let now = Instant::now();
     let wall = SystemTime::now();
     let wall_t = if t >= now {
-        wall + (t - now)
+        wall.checked_add(t - now)
     } else {
-        wall - (now - t)
+        wall.checked_sub(now - t)
     };
-    unix_ms(wall_t)
+    wall_t.map(unix_ms).unwrap_or(0)
 }
 
 impl Registry {
