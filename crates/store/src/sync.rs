@@ -29,7 +29,7 @@ use git2::{ErrorCode, Oid};
 use mmogit_identity::PublicKey;
 use sha2::{Digest, Sha256};
 
-use crate::repo::{branch_name, Store, BRANCH_PREFIX};
+use crate::repo::{branch_name, Store, WriteLock, BRANCH_PREFIX};
 use crate::verify::Problem;
 use crate::StoreError;
 
@@ -487,10 +487,19 @@ impl Store {
                 return Ok(out);
             }
             let msg = format!("sync: verified {} memories", verified.memories);
+            // Writers queue on the repository lock; the compare-and-swap
+            // below is the second guard.
+            let lock = WriteLock::acquire(repo)?;
+            if self.tip(&author)? != old {
+                drop(lock);
+                tracing::debug!(attempt, branch = %branch, "branch moved while verifying, checking again");
+                continue;
+            }
             let res = match old {
                 Some(o) => repo.reference_matching(&refname, new, true, o, &msg),
                 None => repo.reference(&refname, new, false, &msg),
             };
+            drop(lock);
             match res {
                 Ok(_) => {
                     out.status = IngestStatus::Accepted;
