@@ -42,6 +42,7 @@ pub enum Command {
     Import(cmd::import::Args),
     Serve(cmd::serve::Args),
     P2p(cmd::p2p::Args),
+    Sync(cmd::sync::Args),
 }
 
 /// What every command gets besides its own arguments.
@@ -100,6 +101,7 @@ fn main() -> ExitCode {
         Command::Import(a) => cmd::import::run(&ctx, a),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::P2p(a) => cmd::p2p::run(&ctx, a),
+        Command::Sync(a) => cmd::sync::run(&ctx, a),
     };
     match res {
         Ok(code) => code,

@@ -8,5 +8,6 @@ pub mod recall;
 pub mod remember;
 pub mod serve;
 pub mod show;
+pub mod sync;
 pub mod verify;
 pub mod whoami;
