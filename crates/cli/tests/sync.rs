@@ -295,3 +295,34 @@ fn no_peers_is_not_an_error() {
     assert_eq!(h.run(&["sync", "--json"]).ok().trim(), "[]");
     assert_eq!(h.run(&["sync", "--status", "--json"]).ok().trim(), "[]");
 }
+
+#[test]
+fn a_hanging_remote_is_cut_off_by_the_timeout() {
+    let s = setup();
+    // Point B's remote at an ssh URL whose "ssh" never answers.
+    let remote = format!("peer_{}", &s.pka[..8]);
+    git(
+        &s.b.repo(),
+        &[
+            "remote",
+            "set-url",
+            &remote,
+            "ssh://peer.invalid/memories.git",
+        ],
+    );
+    let before = heads(&s.b.repo());
+    let started = std::time::Instant::now();
+    let out =
+        s.b.cmd()
+            .args(["sync", "--json", "--timeout", "1s"])
+            .env("GIT_SSH_COMMAND", "sleep 30;:")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = v[0]["error"].as_str().unwrap();
+    assert!(err.contains("took longer than 1s"), "{err}");
+    assert_eq!(heads(&s.b.repo()), before);
+}
