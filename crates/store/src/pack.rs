@@ -33,12 +33,25 @@ pub(crate) fn write_blob_pack(
     pack.extend_from_slice(&2u32.to_be_bytes());
     pack.extend_from_slice(&(blobs.len() as u32).to_be_bytes());
     let mut ids = Vec::with_capacity(blobs.len());
+    // One compressor for all blobs: its state is large, allocating it per
+    // blob costs more than compressing.
+    let mut z = flate2::Compress::new(flate2::Compression::fast(), true);
     for data in blobs {
         ids.push(Oid::hash_object(ObjectType::Blob, data)?);
         object_header(&mut pack, OBJ_BLOB, data.len());
-        let mut z = flate2::write::ZlibEncoder::new(&mut pack, flate2::Compression::fast());
-        z.write_all(data).expect("writing to a Vec cannot fail");
-        z.finish().expect("writing to a Vec cannot fail");
+        z.reset();
+        loop {
+            pack.reserve(data.len() / 2 + 64);
+            let consumed = z.total_in() as usize;
+            let status = z
+                .compress_vec(&data[consumed..], &mut pack, flate2::FlushCompress::Finish)
+                .map_err(|e| {
+                    StoreError::Git(git2::Error::from_str(&format!("compressing: {e}")))
+                })?;
+            if status == flate2::Status::StreamEnd {
+                break;
+            }
+        }
     }
     let trailer = Sha1::digest(&pack);
     pack.extend_from_slice(&trailer);

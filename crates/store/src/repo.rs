@@ -175,35 +175,25 @@ impl Store {
     ) -> Result<Option<Oid>, StoreError> {
         check_owner(identity, memories)?;
         let _lock = WriteLock::acquire(&self.repo)?;
-        // A second handle whose object writes go to memory, then to one pack per batch.
-        let repo = Repository::open_bare(&self.path)?;
-        let odb = repo.odb()?;
-        let mempack = odb.add_new_mempack_backend(1000)?;
+        let repo = &self.repo;
         let mut tip = None;
         let mut done = 0;
         for chunk in memories.chunks(batch.max(1)) {
-            // Blobs go straight into a pack of their own; only the few trees
-            // and the commit pass through the in-memory backend.
+            // Blobs go straight into one pack per batch (no delta search, no
+            // loose file per memory); the few hundred trees and the commit
+            // are ordinary loose objects.
             let jsons: Vec<Vec<u8>> = chunk.iter().map(|m| m.to_json()).collect();
-            let oids = crate::pack::write_blob_pack(&repo, &jsons)?;
+            let oids = crate::pack::write_blob_pack(repo, &jsons)?;
             let blobs = blob_entries(chunk, &oids);
             let new_tip = append_objects(
-                &repo,
+                repo,
                 identity,
                 &blobs,
                 &format!("import {} memories", chunk.len()),
             )?;
-            let mut buf = git2::Buf::new();
-            mempack.dump(&repo, &mut buf)?;
-            let mut writer = odb.packwriter()?;
-            std::io::Write::write_all(&mut writer, &buf).map_err(|e| {
-                StoreError::Git(git2::Error::from_str(&format!("writing pack: {e}")))
-            })?;
-            writer.commit()?;
-            mempack.reset()?;
             if let Some((commit, old)) = new_tip {
                 tip = Some(move_ref(
-                    &repo,
+                    repo,
                     identity,
                     commit,
                     old,

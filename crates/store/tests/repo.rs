@@ -184,7 +184,7 @@ fn import_writes_packs_and_batches() {
                 .is_some_and(|x| x == "pack")
         })
         .count();
-    assert_eq!(packs, 6, "a blob pack and a tree+commit pack per batch");
+    assert_eq!(packs, 3, "one blob pack per batch");
     // Importing the same memories again adds nothing.
     store.import(&id, &mems, 100, |_| {}).unwrap();
     assert_eq!(store.verify_all().unwrap().commits, 4);

@@ -47,6 +47,13 @@ fn default_type() -> MemoryType {
     MemoryType::Observation
 }
 
+fn bad(name: &str, i: usize, e: String) -> Exit {
+    Exit::new(
+        code::USAGE,
+        format!("{name}:{}: {e}; nothing was imported", i + 1),
+    )
+}
+
 #[derive(serde::Serialize)]
 struct Out {
     imported: usize,
@@ -66,31 +73,52 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         ))
     };
     let name = args.file.display().to_string();
-    let mut memories = Vec::new();
+    let mut lines: Vec<(usize, Line)> = Vec::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line.with_context(|| format!("reading {name}"))?;
         if line.trim().is_empty() {
             continue;
         }
-        let bad = |e: String| {
-            Exit::new(
-                code::USAGE,
-                format!("{name}:{}: {e}; nothing was imported", i + 1),
-            )
-        };
-        let l: Line = serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
-        let m = VerifiedMemory::create(
-            &id,
-            NewMemory {
-                kind: l.kind,
-                content: l.content,
-                tags: l.tags,
-                confidence: l.confidence,
-                private: l.private,
-            },
-        )
-        .map_err(|e| bad(e.to_string()))?;
-        memories.push(m);
+        let l: Line = serde_json::from_str(&line).map_err(|e| bad(&name, i, e.to_string()))?;
+        lines.push((i, l));
+    }
+    // Signing is the expensive part: spread it over the cores.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let per = lines.len().div_ceil(threads).max(1);
+    let signed: Vec<Result<Vec<VerifiedMemory>, Exit>> = std::thread::scope(|s| {
+        let handles: Vec<_> = lines
+            .chunks(per)
+            .map(|part| {
+                let (id, name) = (&id, &name);
+                s.spawn(move || {
+                    part.iter()
+                        .map(|(i, l)| {
+                            VerifiedMemory::create(
+                                id,
+                                NewMemory {
+                                    kind: l.kind,
+                                    content: l.content.clone(),
+                                    tags: l.tags.clone(),
+                                    confidence: l.confidence,
+                                    private: l.private,
+                                },
+                            )
+                            .map_err(|e| bad(name, *i, e.to_string()))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("signing thread panicked"))
+            .collect()
+    });
+    let mut memories = Vec::with_capacity(lines.len());
+    for part in signed {
+        memories.extend(part?);
     }
     let bar = if ctx.progress && !args.json {
         let b = indicatif::ProgressBar::new(memories.len() as u64);
