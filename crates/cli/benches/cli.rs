@@ -147,7 +147,7 @@ fn generate_jsonl(path: &Path, n: usize) {
             "type": rng.pick(KINDS),
             "tags": tags,
         });
-        if rng.next() % 3 == 0 {
+        if rng.next().is_multiple_of(3) {
             rec["confidence"] = serde_json::json!((rng.next() % 100) as f64 / 100.0);
         }
         out.push_str(&rec.to_string());

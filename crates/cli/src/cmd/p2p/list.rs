@@ -32,8 +32,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<12}  {:<8}  {:<7}  {:<12}  {:<22}  {}",
-        "KEY", "TRUST", "SOURCE", "NAME", "ADDRESS / GIT", "LAST SEEN"
+        "{:<12}  {:<8}  {:<7}  {:<12}  {:<22}  LAST SEEN",
+        "KEY", "TRUST", "SOURCE", "NAME", "ADDRESS / GIT"
     );
     for r in peers {
         let place = r
