@@ -479,7 +479,7 @@ impl Store {
                     }
                     out.evidence = Some(self.keep_evidence(&author, new)?);
                 }
-                tracing::warn!(
+                tracing::info!(
                     branch = %branch,
                     problems = out.problems.len(),
                     "incoming branch refused"
