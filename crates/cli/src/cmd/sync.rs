@@ -555,9 +555,9 @@ fn status(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             _ => "never synced".into(),
         };
         let behind = match (s.behind, s.incoming, s.outgoing) {
-            ("yes", Some(true), Some(true)) => "behind: yes (new memories both ways)".into(),
-            ("yes", Some(true), _) => "behind: yes (the peer has new memories)".into(),
-            ("yes", _, _) => "behind: yes (the peer lacks some of yours)".into(),
+            ("yes", Some(true), Some(true)) => "behind: yes (commits to fetch and to send)".into(),
+            ("yes", Some(true), _) => "behind: yes (the peer holds commits you do not)".into(),
+            ("yes", _, _) => "behind: yes (the peer lacks commits of your branch)".into(),
             (b, _, _) => format!("behind: {b}"),
         };
         let note = s
