@@ -83,6 +83,11 @@ impl Home {
         self.root.join("peers.json")
     }
 
+    /// Where a running `mmogit serve` publishes its sessions.
+    pub fn status_path(&self) -> PathBuf {
+        self.root.join("status.json")
+    }
+
     /// Whether an identity exists here.
     pub fn is_initialized(&self) -> bool {
         self.key_path().exists()

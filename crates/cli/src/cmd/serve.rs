@@ -37,6 +37,12 @@ pub struct Args {
     /// A frame that has started must arrive completely within this
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub frame_timeout: Duration,
+    /// Most outbound sessions (and dials in flight) at once
+    #[arg(long, default_value_t = 64)]
+    pub max_outbound: usize,
+    /// Do not dial trusted peers; only accept their connections
+    #[arg(long)]
+    pub no_dial: bool,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
@@ -51,6 +57,12 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         handshake_timeout: args.handshake_timeout,
         frame_timeout: args.frame_timeout,
         heartbeat_interval: args.idle_timeout,
+        max_outbound: args.max_outbound,
+        // Keep sessions open to trusted peers with known addresses, reconnect
+        // with backoff, drop peers that are removed or blocked.
+        dial_trusted: !args.no_dial,
+        peers_path: Some(ctx.home.peers_path()),
+        status_path: Some(ctx.home.status_path()),
         ..NodeConfig::default()
     };
     let policy = Arc::new(PeerStoreTrust::new(ctx.home.peers_path()));

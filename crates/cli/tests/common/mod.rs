@@ -206,3 +206,96 @@ pub fn forge(repo: &Path, branch: &str, path: &str, content: Option<&[u8]>) {
         &["update-ref", &format!("refs/heads/{branch}"), &commit],
     );
 }
+
+/// A running `mmogit serve`, killed when dropped.
+pub struct Serve {
+    pub child: std::process::Child,
+    pub addr: String,
+    stderr_path: PathBuf,
+}
+
+impl Serve {
+    /// Starts `serve` in `home` on 127.0.0.1 (port 0 unless `extra` has --listen).
+    pub fn start(home: &TestHome, extra: &[&str]) -> Serve {
+        use std::io::BufRead;
+        let stderr_path = home
+            .home
+            .with_extension(format!("serve-{}.log", std::process::id()));
+        let log = std::fs::File::create(&stderr_path).unwrap();
+        let mut args = vec!["serve"];
+        if !extra.contains(&"--listen") {
+            args.extend_from_slice(&["--listen", "127.0.0.1:0"]);
+        }
+        args.extend_from_slice(extra);
+        let mut child = home
+            .cmd()
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("serve printed its address");
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        Serve {
+            child,
+            addr,
+            stderr_path,
+        }
+    }
+
+    /// What serve logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns its code.
+    pub fn terminate(mut self) -> i32 {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+/// Polls `f` every 50 ms until it returns true or `secs` pass.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    f()
+}

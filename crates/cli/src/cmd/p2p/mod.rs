@@ -14,6 +14,7 @@ pub mod connect;
 pub mod list;
 pub mod ping;
 pub mod remove;
+pub mod status;
 pub mod trust;
 
 /// Manage peers and talk to them directly.
@@ -33,6 +34,7 @@ pub enum P2p {
     Block(trust::BlockArgs),
     Connect(connect::Args),
     Ping(ping::Args),
+    Status(status::Args),
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
@@ -45,6 +47,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         P2p::Block(a) => trust::block(ctx, a),
         P2p::Connect(a) => connect::run(ctx, a),
         P2p::Ping(a) => ping::run(ctx, a),
+        P2p::Status(a) => status::run(ctx, a),
     }
 }
 
