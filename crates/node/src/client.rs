@@ -9,7 +9,7 @@ use mmogit_identity::{Identity, PublicKey};
 use mmogit_proto::{Event, Message, PeerInfo, Session, SessionConfig};
 use rand::RngCore;
 use tokio::net::TcpStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::conn::Conn;
 use crate::error::NodeError;
@@ -117,7 +117,8 @@ pub(crate) async fn connect_inner(
                 ))
             });
             if log {
-                warn!(%addr, error = %err, "connect failed");
+                // The caller reports the error; logging it here too would say it twice.
+                debug!(%addr, error = %err, "connect failed");
             }
             return Err(err);
         }
@@ -183,7 +184,7 @@ async fn handshake(
                     }
                     let who = conn.session.peer().map(|p| p.pubkey.short(12));
                     if log {
-                        warn!(%addr, peer = ?who, error = %err, "handshake failed");
+                        debug!(%addr, peer = who.as_deref().unwrap_or("-"), error = %err, "handshake failed");
                     }
                     return Err(err);
                 }
@@ -358,7 +359,7 @@ impl Connection {
             }
             Event::Closed(reason) => {
                 let err = NodeError::from_close(reason);
-                warn!(addr = %self.addr, peer = %self.peer.pubkey.short(12), error = %err, "connection closed");
+                debug!(addr = %self.addr, peer = %self.peer.pubkey.short(12), error = %err, "connection closed");
                 Err(err)
             }
             _ => Ok(()),
