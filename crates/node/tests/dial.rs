@@ -43,8 +43,8 @@ impl MessageHandler for Recorder {
     fn handle(&self, peer: &PublicKey, msg: Message) -> Vec<Message> {
         let reply = match &msg {
             Message::MemoryRequest(r) => vec![Message::MemoryResponse(MemoryResponse {
-                memories: vec![],
                 cursor: r.cursor.clone(),
+                ..Default::default()
             })],
             _ => vec![],
         };

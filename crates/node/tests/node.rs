@@ -421,8 +421,8 @@ async fn data_messages_reach_the_handler() {
             match msg {
                 Message::MemoryRequest(r) => {
                     vec![Message::MemoryResponse(mmogit_proto::MemoryResponse {
-                        memories: vec![],
                         cursor: r.cursor,
+                        ..Default::default()
                     })]
                 }
                 _ => vec![],

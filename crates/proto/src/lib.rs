@@ -18,7 +18,8 @@ pub mod session;
 pub use codec::{encode_frame, FrameDecoder, NetworkMessage, RawMessage, MAX_FRAME_LEN};
 pub use error::ProtoError;
 pub use message::{
-    reasons, Bye, GitBundle, Hello, MemoryRequest, MemoryResponse, Message, MsgType,
+    reasons, BranchTip, Bye, GitBundle, Hello, IngestSummary, MemoryRequest, MemoryResponse,
+    Message, MsgType, SyncRequest, TransferInfo, MAX_BUNDLE_CHUNK,
 };
 pub use session::{
     compute_session_id, hello_signed_bytes, signed_bytes, CloseReason, Event, PeerInfo, Role,

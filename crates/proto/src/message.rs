@@ -173,40 +173,205 @@ pub mod reasons {
     pub const CLOSED: &str = "closed";
 }
 
-/// MemoryRequest: ask the peer for memories (schema owned by the sync issue;
-/// every field is optional so the request frames today).
+/// Most entries in any list of a MemoryRequest, MemoryResponse `tips` or
+/// `have` (a frame bounds them anyway; this bounds the work).
+pub const MAX_LIST: usize = 4096;
+/// Most memories in one MemoryResponse.
+pub const MAX_MEMORIES_PER_RESPONSE: usize = 10_000;
+/// Largest chunk of bundle bytes in one GitBundle: 7 MiB, so that the frame
+/// (one layer of base64 around the binary payload) stays under 10 MiB.
+pub const MAX_BUNDLE_CHUNK: usize = 7 * 1024 * 1024;
+/// Largest GitBundle header (the JSON before the chunk bytes).
+pub const MAX_BUNDLE_HEADER: usize = 4096;
+
+/// A branch and its tip: `{"author":"<64 hex>","tip":"<40 hex commit>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BranchTip {
+    /// Owner of the branch `users/<author>`, 64 lowercase hex.
+    pub author: String,
+    /// The commit id of the tip, 40 lowercase hex.
+    pub tip: String,
+}
+
+impl BranchTip {
+    fn validate(&self) -> Result<(), String> {
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        if !hex(&self.author, 64) {
+            return Err("author must be 64 lowercase hex".into());
+        }
+        if !hex(&self.tip, 40) {
+            return Err("tip must be 40 lowercase hex".into());
+        }
+        Ok(())
+    }
+}
+
+/// The sync part of a MemoryRequest: "send me a bundle of what is new".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// Every `users/*` branch the requester holds, with its tip.
+    #[serde(default)]
+    pub have: Vec<BranchTip>,
+    /// The largest bundle the requester accepts, in bytes.
+    #[serde(default)]
+    pub max_transfer: Option<u64>,
+}
+
+/// MemoryRequest: a query for memories (filters), or with `sync` a request
+/// for a git bundle of what is new. Every field is optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryRequest {
+    /// Chosen by the requester, echoed in the answer (MemoryResponse `id`,
+    /// GitBundle `transfer_id`).
+    #[serde(default)]
+    pub id: u64,
     /// Only memories by these authors (hex public keys); empty = any.
     #[serde(default)]
     pub authors: Vec<String>,
-    /// Only memories of these kinds; empty = any.
-    #[serde(default)]
-    pub kinds: Vec<String>,
+    /// Only memories of these types; empty = any.
+    #[serde(default, alias = "kinds")]
+    pub types: Vec<String>,
     /// Only memories carrying all of these tags; empty = any.
     #[serde(default)]
     pub tags: Vec<String>,
     /// Only memories created at or after this RFC 3339 time.
     #[serde(default)]
     pub since: Option<String>,
-    /// At most this many memories in one response.
+    /// At most this many memories in all (over every page).
     #[serde(default)]
     pub limit: Option<u32>,
     /// Opaque cursor from a previous MemoryResponse, to continue.
     #[serde(default)]
     pub cursor: Option<String>,
+    /// Present: a sync request (the filters are ignored).
+    #[serde(default)]
+    pub sync: Option<SyncRequest>,
 }
 
-/// MemoryResponse: a page of memories (each a signed memory record as JSON).
+impl MemoryRequest {
+    /// Checks list sizes and formats.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.authors.len() > MAX_LIST || self.types.len() > 64 || self.tags.len() > 64 {
+            return Err("too many filter values".into());
+        }
+        if self
+            .authors
+            .iter()
+            .chain(&self.types)
+            .chain(&self.tags)
+            .any(|s| s.len() > 128)
+        {
+            return Err("filter value longer than 128 bytes".into());
+        }
+        if self.since.as_ref().is_some_and(|s| s.len() > 64)
+            || self.cursor.as_ref().is_some_and(|s| s.len() > 512)
+        {
+            return Err("since or cursor too long".into());
+        }
+        if let Some(s) = &self.sync {
+            if s.have.len() > MAX_LIST {
+                return Err(format!("more than {MAX_LIST} branches in have"));
+            }
+            for t in &s.have {
+                t.validate()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a sync transfer stands, in a MemoryResponse answering a sync request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferInfo {
+    /// The GitBundle `transfer_id` of the chunks that follow.
+    pub transfer_id: String,
+    /// Size of the whole bundle in bytes.
+    pub total_size: u64,
+    /// SHA-256 of the whole bundle, 64 lowercase hex.
+    pub sha256: String,
+    /// Number of GitBundle chunks that follow.
+    pub chunks: u64,
+    /// Commits in the bundle (over all branches).
+    pub commits: u64,
+}
+
+/// The receiver's outcome of a transfer, sent back to the sender.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestSummary {
+    /// The transfer this is about.
+    pub transfer_id: String,
+    /// Memories accepted.
+    pub memories: u64,
+    /// Branches that moved.
+    pub branches: u64,
+    /// Why branches were refused or the transfer failed (short texts).
+    #[serde(default)]
+    pub refused: Vec<String>,
+}
+
+/// MemoryResponse: the answer to a MemoryRequest (`id` echoed), or with
+/// `id` null an unsolicited announce of the sender's `tips`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryResponse {
+    /// The request answered; null for an announce or an ingest summary.
+    #[serde(default)]
+    pub id: Option<u64>,
+    /// Signed memory records (query answers).
+    #[serde(default)]
     pub memories: Vec<serde_json::Value>,
     /// Present when more memories follow: send it back in a MemoryRequest.
     #[serde(default)]
     pub cursor: Option<String>,
+    /// The sender's `users/*` tips (announce; "nothing new" sync answer).
+    #[serde(default)]
+    pub tips: Option<Vec<BranchTip>>,
+    /// A sync answer: this bundle follows as GitBundle chunks.
+    #[serde(default)]
+    pub transfer: Option<TransferInfo>,
+    /// The request was refused or failed.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The outcome of a transfer the receiver of this message sent.
+    #[serde(default)]
+    pub ingested: Option<IngestSummary>,
 }
 
-/// GitBundle: one chunk of a git bundle transfer.
+impl MemoryResponse {
+    /// Checks list sizes and formats.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.memories.len() > MAX_MEMORIES_PER_RESPONSE {
+            return Err("too many memories".into());
+        }
+        if let Some(t) = &self.tips {
+            if t.len() > MAX_LIST {
+                return Err(format!("more than {MAX_LIST} tips"));
+            }
+            for x in t {
+                x.validate()?;
+            }
+        }
+        if self.error.as_ref().is_some_and(|e| e.len() > 4096)
+            || self.cursor.as_ref().is_some_and(|c| c.len() > 512)
+        {
+            return Err("error or cursor too long".into());
+        }
+        if let Some(i) = &self.ingested {
+            if i.refused.len() > 256 || i.refused.iter().any(|r| r.len() > 4096) {
+                return Err("too many or too long refusals".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// GitBundle: one chunk of a git bundle transfer. The payload is binary:
+/// `u32be(len(header)) || header || data`, where `header` is the JSON of
+/// the fields other than `data` (at most 4 KiB) and `data` the raw chunk
+/// bytes (at most 7 MiB).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GitBundle {
     /// Identifies the transfer; the same for all its chunks.
@@ -217,27 +382,51 @@ pub struct GitBundle {
     pub total_size: u64,
     /// SHA-256 of the whole bundle, 64 lowercase hex characters.
     pub sha256: String,
-    /// This chunk's bytes, base64.
-    #[serde(with = "b64_bytes")]
+    /// This chunk's bytes.
+    #[serde(skip)]
     pub data: Vec<u8>,
 }
 
-/// Recommended (and largest sensible) GitBundle chunk: 1 MiB.
-pub const GIT_BUNDLE_CHUNK: usize = 1024 * 1024;
-
-mod b64_bytes {
-    use super::B64;
-    use base64::Engine as _;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&B64.encode(v))
+impl GitBundle {
+    fn encode(&self) -> Vec<u8> {
+        let header = serde_json::to_vec(self).expect("header serializes");
+        let mut out = Vec::with_capacity(4 + header.len() + self.data.len());
+        out.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.data);
+        out
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        B64.decode(s.as_bytes()).map_err(serde::de::Error::custom)
+
+    fn decode(payload: &[u8]) -> Result<GitBundle, String> {
+        if payload.len() < 4 {
+            return Err("shorter than its header length".into());
+        }
+        let n = u32::from_be_bytes(payload[..4].try_into().expect("4 bytes")) as usize;
+        if n > MAX_BUNDLE_HEADER || 4 + n > payload.len() {
+            return Err("bad header length".into());
+        }
+        let mut g: GitBundle =
+            serde_json::from_slice(&payload[4..4 + n]).map_err(|e| e.to_string())?;
+        let data = &payload[4 + n..];
+        if data.len() > MAX_BUNDLE_CHUNK {
+            return Err(format!(
+                "chunk of {} bytes, at most {MAX_BUNDLE_CHUNK}",
+                data.len()
+            ));
+        }
+        if g.transfer_id.is_empty() || g.transfer_id.len() > 64 {
+            return Err("transfer_id must be 1-64 bytes".into());
+        }
+        if g.sha256.len() != 64 || !g.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("sha256 must be 64 hex".into());
+        }
+        g.data = data.to_vec();
+        Ok(g)
     }
 }
+
+/// Recommended GitBundle chunk: 7 MiB.
+pub const GIT_BUNDLE_CHUNK: usize = MAX_BUNDLE_CHUNK;
 
 /// A decoded message.
 #[derive(Debug, Clone, PartialEq)]
@@ -273,7 +462,7 @@ impl Message {
             Message::Ping(p) | Message::Pong(p) => p.clone(),
             Message::MemoryRequest(m) => json(serde_json::to_vec(m)),
             Message::MemoryResponse(m) => json(serde_json::to_vec(m)),
-            Message::GitBundle(m) => json(serde_json::to_vec(m)),
+            Message::GitBundle(m) => m.encode(),
             Message::Bye(m) => json(serde_json::to_vec(m)),
         }
     }
@@ -308,9 +497,30 @@ impl Message {
                     Message::Pong(payload.to_vec())
                 }
             }
-            MsgType::MemoryRequest => Message::MemoryRequest(json(msg_type, payload)?),
-            MsgType::MemoryResponse => Message::MemoryResponse(json(msg_type, payload)?),
-            MsgType::GitBundle => Message::GitBundle(json(msg_type, payload)?),
+            MsgType::MemoryRequest => {
+                let m: MemoryRequest = json(msg_type, payload)?;
+                m.validate().map_err(|reason| ProtoError::InvalidPayload {
+                    msg_type: "MemoryRequest",
+                    reason,
+                })?;
+                Message::MemoryRequest(m)
+            }
+            MsgType::MemoryResponse => {
+                let m: MemoryResponse = json(msg_type, payload)?;
+                m.validate().map_err(|reason| ProtoError::InvalidPayload {
+                    msg_type: "MemoryResponse",
+                    reason,
+                })?;
+                Message::MemoryResponse(m)
+            }
+            MsgType::GitBundle => {
+                Message::GitBundle(GitBundle::decode(payload).map_err(|reason| {
+                    ProtoError::InvalidPayload {
+                        msg_type: "GitBundle",
+                        reason,
+                    }
+                })?)
+            }
             MsgType::Bye => {
                 let b: Bye = json(msg_type, payload)?;
                 if b.reason.len() > MAX_REASON_LEN {
@@ -335,14 +545,56 @@ mod tests {
             Message::Ping(vec![1, 2, 3]),
             Message::Pong(vec![]),
             Message::MemoryRequest(MemoryRequest {
+                id: 7,
                 authors: vec!["ab".repeat(32)],
+                types: vec!["learning".into()],
                 limit: Some(100),
                 cursor: Some("c1".into()),
                 ..Default::default()
             }),
+            Message::MemoryRequest(MemoryRequest {
+                id: 8,
+                sync: Some(SyncRequest {
+                    have: vec![BranchTip {
+                        author: "ab".repeat(32),
+                        tip: "cd".repeat(20),
+                    }],
+                    max_transfer: Some(1 << 30),
+                }),
+                ..Default::default()
+            }),
             Message::MemoryResponse(MemoryResponse {
+                id: Some(7),
                 memories: vec![serde_json::json!({"id": "x", "content": "hi"})],
-                cursor: None,
+                cursor: Some("10".into()),
+                ..Default::default()
+            }),
+            Message::MemoryResponse(MemoryResponse {
+                tips: Some(vec![BranchTip {
+                    author: "ab".repeat(32),
+                    tip: "cd".repeat(20),
+                }]),
+                ..Default::default()
+            }),
+            Message::MemoryResponse(MemoryResponse {
+                id: Some(8),
+                transfer: Some(TransferInfo {
+                    transfer_id: "8".into(),
+                    total_size: 10,
+                    sha256: "00".repeat(32),
+                    chunks: 1,
+                    commits: 2,
+                }),
+                ..Default::default()
+            }),
+            Message::MemoryResponse(MemoryResponse {
+                ingested: Some(IngestSummary {
+                    transfer_id: "8".into(),
+                    memories: 3,
+                    branches: 1,
+                    refused: vec!["users/ab: bad signature".into()],
+                }),
+                ..Default::default()
             }),
             Message::GitBundle(GitBundle {
                 transfer_id: "t".into(),
@@ -359,17 +611,82 @@ mod tests {
             let p = m.encode_payload();
             assert_eq!(Message::decode_payload(m.msg_type(), &p).unwrap(), m);
         }
-        // Binary data in GitBundle is a base64 string, never a number array.
+        // GitBundle: binary payload, header length first.
         let g = Message::GitBundle(GitBundle {
             transfer_id: "t".into(),
             index: 0,
             total_size: 3,
-            sha256: String::new(),
+            sha256: "ab".repeat(32),
             data: vec![1, 2, 3],
         });
-        let s = String::from_utf8(g.encode_payload()).unwrap();
-        assert!(s.contains(r#""data":"AQID""#), "{s}");
+        let p = g.encode_payload();
+        assert_eq!(&p[p.len() - 3..], &[1, 2, 3]);
+        assert_eq!(Message::decode_payload(MsgType::GitBundle, &p).unwrap(), g);
         assert!(Message::decode_payload(MsgType::MemoryRequest, b"{}").is_ok());
+    }
+
+    #[test]
+    fn sync_payloads_refuse_malformed_input() {
+        let bad = |t: MsgType, p: &[u8]| Message::decode_payload(t, p).is_err();
+        // Old field name still accepted.
+        let r = Message::decode_payload(MsgType::MemoryRequest, br#"{"kinds":["task"]}"#).unwrap();
+        assert!(matches!(r, Message::MemoryRequest(m) if m.types == ["task"]));
+        assert!(bad(MsgType::MemoryRequest, b"{"));
+        assert!(bad(MsgType::MemoryRequest, br#"{"limit":-1}"#));
+        assert!(bad(
+            MsgType::MemoryRequest,
+            br#"{"sync":{"have":[{"author":"x","tip":"y"}]}}"#
+        ));
+        let many = serde_json::to_vec(&MemoryRequest {
+            authors: vec!["a".into(); MAX_LIST + 1],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(bad(MsgType::MemoryRequest, &many));
+        assert!(bad(MsgType::MemoryResponse, br#"{"memories":5}"#));
+        assert!(bad(
+            MsgType::MemoryResponse,
+            br#"{"tips":[{"author":"AB","tip":"00"}]}"#
+        ));
+        // GitBundle: truncated, header length past the end, bad JSON, bad hash.
+        assert!(bad(MsgType::GitBundle, &[0, 0]));
+        assert!(bad(MsgType::GitBundle, &[0, 0, 0, 200, b'{']));
+        assert!(bad(MsgType::GitBundle, &[0, 0, 0, 1, b'{']));
+        let g = GitBundle {
+            transfer_id: "t".into(),
+            index: 0,
+            total_size: 1,
+            sha256: "zz".repeat(32),
+            data: vec![1],
+        };
+        assert!(bad(MsgType::GitBundle, &g.encode()));
+        let empty_id = GitBundle {
+            transfer_id: String::new(),
+            sha256: "00".repeat(32),
+            ..g.clone()
+        };
+        assert!(bad(MsgType::GitBundle, &empty_id.encode()));
+        let big = GitBundle {
+            sha256: "00".repeat(32),
+            data: vec![0; MAX_BUNDLE_CHUNK + 1],
+            ..g.clone()
+        };
+        assert!(bad(MsgType::GitBundle, &big.encode()));
+    }
+
+    #[test]
+    fn largest_chunk_fits_a_frame() {
+        let g = Message::GitBundle(GitBundle {
+            transfer_id: "x".repeat(64),
+            index: u64::MAX,
+            total_size: u64::MAX,
+            sha256: "00".repeat(32),
+            data: vec![0xff; MAX_BUNDLE_CHUNK],
+        });
+        let payload = g.encode_payload();
+        // Envelope: base64 of the payload, a 88-character signature, field names.
+        let body = payload.len().div_ceil(3) * 4 + 88 + 64;
+        assert!(body <= crate::MAX_FRAME_LEN, "{body}");
     }
 
     #[test]
