@@ -6,20 +6,24 @@
 //! libgit2; the branch moves with a compare-and-swap, so concurrent writers
 //! never lose a memory and a crash never leaves a half-written branch.
 
+mod bundle;
 mod index;
 mod memory;
 mod pack;
 mod query;
 mod repo;
+mod search;
 mod sync;
 mod verify;
 
+pub use bundle::{Bundle, BundleError, BundleWriter, BUNDLE_SIGNATURE, INCOMING_DIR};
 pub use memory::{
     format_time, memory_path, parse_time, signing_bytes, MemoryType, NewMemory, UnverifiedMemory,
     VerifiedMemory, FORMAT_VERSION, MAX_CONTENT_BYTES, MAX_MEMORY_FILE_BYTES, MAX_TAGS,
     MAX_TAG_BYTES, SIGNING_DOMAIN,
 };
 pub use query::{Filter, RecallResult, Warning};
+pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
 pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX};
 pub use sync::{
     BranchIngest, BundleInfo, IngestReport, IngestStatus, DEFAULT_BUNDLE_TIMEOUT, EVIDENCE_PREFIX,
@@ -49,6 +53,12 @@ pub enum StoreError {
         command: String,
         after: std::time::Duration,
     },
+    #[error("invalid bundle: {0}")]
+    InvalidBundle(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("search index: {0}")]
+    SearchIndex(String),
     #[error("I/O error on {}: {source}", path.display())]
     Io {
         path: std::path::PathBuf,
