@@ -255,7 +255,10 @@ impl Store {
 }
 
 /// Reads and checks a bundle header; leaves `r` at the pack.
-fn read_header(r: &mut impl BufRead) -> Result<(Vec<Oid>, Vec<(PublicKey, Oid)>), StoreError> {
+/// Prerequisites and branch tips of a bundle header.
+type Header = (Vec<Oid>, Vec<(PublicKey, Oid)>);
+
+fn read_header(r: &mut impl BufRead) -> Result<Header, StoreError> {
     let mut read = 0usize;
     let mut line = Vec::with_capacity(128);
     let mut next_line = |r: &mut dyn BufRead, line: &mut Vec<u8>| -> Result<(), StoreError> {
