@@ -60,7 +60,7 @@ fn identity_code(e: &IdentityError) -> Option<u8> {
 
 fn store_code(e: &StoreError) -> Option<u8> {
     match e {
-        StoreError::InvalidMemory(_) => Some(code::USAGE),
+        StoreError::InvalidMemory(_) | StoreError::InvalidQuery(_) => Some(code::USAGE),
         StoreError::NoRepository(_) => Some(code::NOT_INITIALIZED),
         _ => None,
     }

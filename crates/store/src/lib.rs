@@ -23,8 +23,8 @@ pub use memory::{
     MAX_TAG_BYTES, SIGNING_DOMAIN,
 };
 pub use query::{Filter, RecallResult, Warning};
-pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
 pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX};
+pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
 pub use sync::{
     BranchIngest, BundleInfo, IngestReport, IngestStatus, DEFAULT_BUNDLE_TIMEOUT, EVIDENCE_PREFIX,
     QUARANTINE_PREFIX,
