@@ -374,8 +374,36 @@ fn open_db(path: &Path) -> Result<Connection, Fail> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(30))?;
     let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    conn.execute_batch("PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY;")?;
+    // Deleted rows (a private memory's decrypted text among them) are
+    // overwritten, not left in free pages.
+    conn.execute_batch(
+        "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA secure_delete=ON;",
+    )?;
     Ok(conn)
+}
+
+/// Opens the index for `reader`. An index of another schema version or
+/// built for another reader (whose decrypted memories must not stay) is
+/// deleted first. Returns whether the index starts empty.
+fn open_for(path: &Path, reader: &str) -> Result<(Connection, bool), Fail> {
+    let conn = open_db(path)?;
+    let has_meta: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_meta {
+        return Ok((conn, true));
+    }
+    if meta(&conn, "version")?.as_deref() == Some(SCHEMA_VERSION)
+        && meta(&conn, "reader")?.as_deref() == Some(reader)
+    {
+        return Ok((conn, false));
+    }
+    drop(conn);
+    tracing::info!(path = %path.display(), "search index is for another reader or version; rebuilding it");
+    remove_index_files(path);
+    Ok((open_db(path)?, true))
 }
 
 fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
@@ -447,8 +475,9 @@ impl Store {
     ) -> Result<T, StoreError> {
         let path = self.search_index_path();
         let attempt = || -> Result<T, Fail> {
-            let mut conn = open_db(&path)?;
-            let update = self.sync_index(&mut conn, reader)?;
+            let (mut conn, fresh) = open_for(&path, &reader_key(reader))?;
+            let mut update = self.sync_index(&mut conn, reader)?;
+            update.rebuilt |= fresh;
             f(&conn, update)
         };
         match attempt() {
@@ -507,8 +536,8 @@ impl Store {
         let ok_meta = meta(&tx, "version")?.as_deref() == Some(SCHEMA_VERSION)
             && meta(&tx, "reader")?.as_deref() == Some(want_reader.as_str());
         if !ok_meta {
-            // Another version, or another reader (whose decrypted memories
-            // must not stay): start from nothing.
+            // Blank, or changed by another process since it was opened:
+            // start from nothing.
             tx.execute_batch("DELETE FROM docs; DELETE FROM fts; DELETE FROM branches;")?;
             tx.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('version', ?1), ('reader', ?2)",
