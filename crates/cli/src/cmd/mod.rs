@@ -5,6 +5,7 @@ pub mod init;
 pub mod p2p;
 pub mod post;
 pub mod recall;
+pub mod reindex;
 pub mod remember;
 pub mod serve;
 pub mod show;

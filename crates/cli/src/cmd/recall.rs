@@ -4,7 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use mmogit_store::{Filter, MemoryType, RecallResult};
+use mmogit_store::{Filter, MemoryType, RecallResult, SearchQuery, SearchResult};
+use serde::Serialize;
 
 use crate::cmd::remember::parse_type;
 use crate::output::{print_human, print_json, MemoryJson};
@@ -30,11 +31,16 @@ pub struct FilterArgs {
     pub json: bool,
 }
 
-/// Recall memories from every branch (yours and replicated ones), newest first.
+/// Recall memories from every branch (yours and replicated ones), newest first,
+/// or ranked by relevance with --query.
 ///
 /// Example: `mmogit recall --tag rust --since 3d --limit 20 --json`
+/// or `mmogit recall --query 'borrow "data race"' --limit 5`
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Full-text search: words and "quoted phrases"; best matches first (BM25), with a score and a snippet
+    #[arg(long, value_name = "TEXT")]
+    pub query: Option<String>,
     /// Only memories of this type (repeat: any of them)
     #[arg(long = "type", short = 't', value_parser = parse_type)]
     pub kinds: Vec<MemoryType>,
@@ -66,6 +72,41 @@ pub fn recall_and_print(
     kinds: Vec<MemoryType>,
     min_confidence: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
+    let (filter, me, store) = prepare(ctx, args, kinds, min_confidence)?;
+    let RecallResult { memories, warnings } = store.recall(&filter)?;
+    for w in &warnings {
+        tracing::warn!("skipping {}: {}", w.path, w.reason);
+    }
+    if args.json {
+        let out: Vec<MemoryJson> = memories
+            .iter()
+            .map(|m| MemoryJson::new(m, me.as_ref()))
+            .collect();
+        print_json(&out)?;
+    } else {
+        let mut out = std::io::stdout().lock();
+        for m in &memories {
+            print_human(&mut out, m, me.as_ref())?;
+        }
+        out.flush()?;
+        if memories.is_empty() && !ctx.quiet {
+            eprintln!("no memories match");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The filter from the command line, the identity (if any) and the store.
+fn prepare(
+    ctx: &Ctx,
+    args: &FilterArgs,
+    kinds: Vec<MemoryType>,
+    min_confidence: Option<f64>,
+) -> anyhow::Result<(
+    Filter,
+    Option<mmogit_identity::Identity>,
+    mmogit_store::Store,
+)> {
     if let Some(c) = min_confidence {
         if !(0.0..=1.0).contains(&c) {
             return Err(crate::exit::Exit::new(
@@ -94,29 +135,66 @@ pub fn recall_and_print(
         min_confidence,
         limit: args.limit,
     };
-    let RecallResult { memories, warnings } = store.recall(&filter)?;
+    Ok((filter, me, store))
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    match args.query {
+        Some(text) => search_and_print(ctx, text, &args.filter, args.kinds, args.min_confidence),
+        None => recall_and_print(ctx, &args.filter, args.kinds, args.min_confidence),
+    }
+}
+
+/// A memory in `recall --query --json`: the usual fields plus its rank.
+#[derive(Serialize)]
+struct HitJson<'a> {
+    #[serde(flatten)]
+    memory: MemoryJson<'a>,
+    /// BM25 relevance, higher is better (comparable within one search only).
+    score: f64,
+    /// The content around the matched words, which are marked with `**`.
+    snippet: &'a str,
+}
+
+/// Ranked full-text search, printed best first.
+fn search_and_print(
+    ctx: &Ctx,
+    text: String,
+    args: &FilterArgs,
+    kinds: Vec<MemoryType>,
+    min_confidence: Option<f64>,
+) -> anyhow::Result<ExitCode> {
+    let (filter, me, store) = prepare(ctx, args, kinds, min_confidence)?;
+    // The store logs the index update (-v).
+    let SearchResult { hits, warnings, .. } =
+        store.search(&SearchQuery { text, filter }, me.as_ref())?;
     for w in &warnings {
         tracing::warn!("skipping {}: {}", w.path, w.reason);
     }
     if args.json {
-        let out: Vec<MemoryJson> = memories
+        let out: Vec<HitJson> = hits
             .iter()
-            .map(|m| MemoryJson::new(m, me.as_ref()))
+            .map(|h| HitJson {
+                memory: MemoryJson::new(&h.memory, me.as_ref()),
+                score: h.score,
+                snippet: &h.snippet,
+            })
             .collect();
         print_json(&out)?;
     } else {
         let mut out = std::io::stdout().lock();
-        for m in &memories {
-            print_human(&mut out, m, me.as_ref())?;
+        for h in &hits {
+            write!(out, "score {:.3}  ", h.score)?;
+            if !h.snippet.is_empty() {
+                write!(out, "{}", h.snippet.replace('\n', " "))?;
+            }
+            writeln!(out)?;
+            print_human(&mut out, &h.memory, me.as_ref())?;
         }
         out.flush()?;
-        if memories.is_empty() && !ctx.quiet {
+        if hits.is_empty() && !ctx.quiet {
             eprintln!("no memories match");
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
-    recall_and_print(ctx, &args.filter, args.kinds, args.min_confidence)
 }
