@@ -39,7 +39,7 @@ pub struct FilterArgs {
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Full-text search: words and "quoted phrases"; best matches first (BM25), with a score and a snippet
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
     pub query: Option<String>,
     /// Only memories of this type (repeat: any of them)
     #[arg(long = "type", short = 't', value_parser = parse_type)]
