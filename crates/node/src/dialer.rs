@@ -1,7 +1,7 @@
 //! Background tasks: the peer-store refresh and dialer, and the status
 //! file writer.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use mmogit_proto::reasons;
 use tracing::{debug, info, warn};
 
 use crate::client::{connect_inner, ClientConfig};
+use crate::discovery::DialCandidate;
 use crate::peer_session::{drive, Ended};
 use crate::peers::{PeerStore, TrustState};
 use crate::registry::{DialJob, Direction};
@@ -20,6 +21,8 @@ use crate::server::{Shared, PEERS_FILE_LOCK};
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(500);
 /// The status file is rewritten at least this often while running.
 const STATUS_REFRESH: Duration = Duration::from_secs(5);
+/// Nodes found on the LAN that the dialer remembers.
+const RECENT_FOUND: usize = 64;
 
 fn load_store(path: PathBuf) -> Result<PeerStore, String> {
     let _g = PEERS_FILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -40,8 +43,20 @@ fn update_store(path: PathBuf, f: impl FnOnce(&mut PeerStore) + Send + 'static) 
 /// Re-reads the peer store every `dial_refresh` (or when woken), closes
 /// sessions of peers no longer trusted and, with `dial_trusted`, dials
 /// the trusted peers that are due.
-pub(crate) async fn run(shared: Arc<Shared>, path: PathBuf) {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    found: tokio::sync::mpsc::Receiver<DialCandidate>,
+) {
     let mut last_load_error: Option<String> = None;
+    let mut found = Some(found);
+    // Trusted keys as of the last load: LAN discovery hands us any node it
+    // finds, and only these are ever dialled.
+    let mut trusted: HashSet<PublicKey> = HashSet::new();
+    // Nodes found lately, looked at again after each load of the store: one
+    // found before the store was read, or trusted after it was found, is
+    // dialled then.
+    let mut recent: VecDeque<DialCandidate> = VecDeque::new();
     loop {
         let p = path.clone();
         let loaded = tokio::task::spawn_blocking(move || load_store(p))
@@ -50,12 +65,15 @@ pub(crate) async fn run(shared: Arc<Shared>, path: PathBuf) {
         match loaded {
             Ok(store) => {
                 last_load_error = None;
-                let trusted: HashSet<PublicKey> = store
+                trusted = store
                     .list()
                     .into_iter()
                     .filter(|r| r.trust == TrustState::Trusted)
                     .map(|r| r.pubkey)
                     .collect();
+                for c in &recent {
+                    offer_found(&shared, &trusted, c);
+                }
                 for k in shared
                     .registry
                     .close_unless(|k| trusted.contains(k), reasons::NOT_AUTHORIZED)
@@ -66,7 +84,7 @@ pub(crate) async fn run(shared: Arc<Shared>, path: PathBuf) {
                     let targets = store
                         .list()
                         .into_iter()
-                        .filter(|r| r.trust == TrustState::Trusted && !r.addresses.is_empty())
+                        .filter(|r| r.trust == TrustState::Trusted)
                         .map(|r| (r.pubkey, r.addresses.clone()))
                         .collect();
                     for job in shared
@@ -89,13 +107,54 @@ pub(crate) async fn run(shared: Arc<Shared>, path: PathBuf) {
             Some(t) if t < refresh => t,
             _ => refresh,
         };
+        let next_found = async {
+            match found.as_mut() {
+                Some(rx) => rx.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shared.cancel.cancelled() => break,
             _ = tokio::time::sleep_until(next) => {}
             _ = shared.registry.dial_wake.notified() => {}
+            c = next_found => match c {
+                Some(c) => {
+                    offer_found(&shared, &trusted, &c);
+                    recent.retain(|r| r.announced != c.announced);
+                    recent.push_back(c);
+                    if recent.len() > RECENT_FOUND {
+                        recent.pop_front();
+                    }
+                }
+                None => found = None,
+            },
         }
     }
     debug!("dialer stopped");
+}
+
+/// A node found on the LAN: when its key (announced, or recognised from
+/// its private tag) is trusted and we have no session with it, its
+/// address is dialled next. Anything else is only a candidate: ignored here.
+fn offer_found(shared: &Shared, trusted: &HashSet<PublicKey>, c: &DialCandidate) {
+    if !shared.config.dial_trusted {
+        return;
+    }
+    let Some(pk) = c
+        .announced
+        .resolve(trusted.iter(), std::time::SystemTime::now())
+    else {
+        return;
+    };
+    if !trusted.contains(&pk) {
+        debug!(peer = %pk.short(12), "found on the LAN, not trusted: not dialling");
+        return;
+    }
+    if let Some(addr) = c.addrs.first() {
+        if shared.registry.offer_address(&pk, addr.to_string()) {
+            info!(peer = %pk.short(12), %addr, "trusted peer found on the LAN; dialling it there");
+        }
+    }
 }
 
 async fn dial_one(shared: Arc<Shared>, job: DialJob) {
@@ -123,8 +182,11 @@ async fn dial_one(shared: Arc<Shared>, job: DialJob) {
         Ok(connection) => {
             let (conn, info, addr, rtt, inbox) = connection.into_parts();
             if let Some(path) = shared.config.peers_path.clone() {
+                // An address found by discovery is kept once the handshake
+                // proved the key there.
+                let found_at = job.discovered.then(|| job.addr.clone());
                 tokio::task::spawn_blocking(move || {
-                    update_store(path, move |s| s.record_seen(&pk, None))
+                    update_store(path, move |s| s.record_seen(&pk, found_at))
                 });
             }
             if let Ended::Duplicate = drive(

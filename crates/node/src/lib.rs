@@ -22,6 +22,7 @@ pub mod backoff;
 mod client;
 mod conn;
 mod dialer;
+pub mod discovery;
 mod error;
 mod peer_session;
 pub mod peers;
@@ -31,6 +32,7 @@ pub mod status;
 
 pub use backoff::{Backoff, DialSchedule, RateLimiter};
 pub use client::{connect, ClientConfig, Connection};
+pub use discovery::{Discovery, MdnsDiscovery, MemoryNetwork};
 pub use error::NodeError;
 pub use peers::{PeerRecord, PeerSource, PeerStore, PeerStoreError, TrustState};
 pub use registry::{new_session_wins, Direction, PeerStatus, DUPLICATE_SESSION};

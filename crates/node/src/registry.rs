@@ -3,7 +3,7 @@
 //! each peer (backoff, next attempt, last error). Everything here is
 //! synchronous and short; the lock is never held across an await.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -150,7 +150,16 @@ struct Entry {
     rtt: Option<Duration>,
     last_error: Option<String>,
     touched: Option<Instant>,
+    /// Addresses found by LAN discovery, tried before the stored ones.
+    found: VecDeque<String>,
+    /// The last address offered by discovery, and when.
+    offered: Option<(String, Instant)>,
 }
+
+/// Most discovered addresses waiting per peer.
+const MAX_FOUND: usize = 4;
+/// The same discovered address wakes the dialer at most this often.
+const REOFFER_AFTER: Duration = Duration::from_secs(30);
 
 /// Dial settings the registry needs.
 #[derive(Debug, Clone, Copy)]
@@ -179,6 +188,8 @@ struct Inner {
 pub(crate) struct DialJob {
     pub pubkey: PublicKey,
     pub addr: String,
+    /// The address came from LAN discovery (stored on success).
+    pub discovered: bool,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -311,7 +322,8 @@ impl Registry {
     }
 
     fn prune(inner: &mut Inner) {
-        let idle = |e: &Entry| e.session.is_none() && e.dial.is_none() && !e.dialing;
+        let idle =
+            |e: &Entry| e.session.is_none() && e.dial.is_none() && !e.dialing && e.found.is_empty();
         let n = inner.peers.values().filter(|e| idle(e)).count();
         if n <= MAX_IDLE_ENTRIES {
             return;
@@ -398,16 +410,20 @@ impl Registry {
         let mut inner = self.lock();
         let mut wanted: HashMap<PublicKey, Vec<String>> = HashMap::new();
         for (k, addrs) in targets {
-            if k != self.ours && !addrs.is_empty() {
+            let found = inner.peers.get(&k).is_some_and(|e| !e.found.is_empty());
+            if k != self.ours && (!addrs.is_empty() || found) {
                 wanted.insert(k, addrs);
             }
         }
         let mut changed = false;
         for (k, e) in inner.peers.iter_mut() {
-            if e.dial.is_some() && !wanted.contains_key(k) {
-                e.dial = None;
-                e.addresses.clear();
-                changed = true;
+            if !wanted.contains_key(k) {
+                e.found.clear();
+                if e.dial.is_some() {
+                    e.dial = None;
+                    e.addresses.clear();
+                    changed = true;
+                }
             }
         }
         for (k, addrs) in &wanted {
@@ -436,10 +452,12 @@ impl Registry {
             .peers
             .iter()
             .filter(|(_, e)| {
+                // A discovered address is tried at once, backoff or not.
                 e.session.is_none()
                     && !e.dialing
-                    && !e.addresses.is_empty()
-                    && e.dial.as_ref().is_some_and(|d| d.due(now))
+                    && e.dial.as_ref().is_some_and(|d| {
+                        !e.found.is_empty() || (!e.addresses.is_empty() && d.due(now))
+                    })
             })
             .map(|(k, _)| *k)
             .collect();
@@ -451,12 +469,20 @@ impl Registry {
             let e = inner.peers.get_mut(&k).expect("key from the map");
             let failures = e.dial.as_ref().map(|d| d.failures()).unwrap_or(0) as usize;
             let n = e.addresses.len();
-            // Newest address first, then the others in turn.
-            let addr = e.addresses[n - 1 - failures % n].clone();
+            // A discovered address first (newest), else the newest stored
+            // address, then the others in turn.
+            let (addr, discovered) = match e.found.pop_back() {
+                Some(a) => (a, true),
+                None => (e.addresses[n - 1 - failures % n].clone(), false),
+            };
             e.dialing = true;
             e.last_addr = Some(addr.clone());
             budget -= 1;
-            jobs.push(DialJob { pubkey: k, addr });
+            jobs.push(DialJob {
+                pubkey: k,
+                addr,
+                discovered,
+            });
             changed = true;
         }
         drop(inner);
@@ -464,6 +490,37 @@ impl Registry {
             self.changed.notify_one();
         }
         jobs
+    }
+
+    /// LAN discovery found `peer` (already checked to be trusted) at
+    /// `addr`: unless a session is open, it is dialled there next, before
+    /// its stored addresses and without waiting for its backoff. The same
+    /// address is taken again at most every 30 s. Returns whether the
+    /// dialer should look now.
+    pub fn offer_address(&self, peer: &PublicKey, addr: String) -> bool {
+        if *peer == self.ours {
+            return false;
+        }
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let e = inner.peers.entry(*peer).or_default();
+        if e.session.is_some() {
+            return false;
+        }
+        if let Some((a, t)) = &e.offered {
+            if *a == addr && now.saturating_duration_since(*t) < REOFFER_AFTER {
+                return false;
+            }
+        }
+        e.offered = Some((addr.clone(), now));
+        e.touched = Some(now);
+        crate::discovery::push_bounded(&mut e.found, addr, MAX_FOUND);
+        if let Some(d) = &mut e.dial {
+            d.wake();
+        }
+        drop(inner);
+        self.dial_wake.notify_one();
+        true
     }
 
     /// A dial finished: `Err` with the error text when it failed (the

@@ -293,6 +293,8 @@ impl Drop for Slot {
 
 /// A node to be started.
 pub struct Node {
+    /// LAN discovery and whether to announce a private tag.
+    discovery: Option<(Arc<dyn crate::discovery::Discovery>, bool)>,
     identity: Arc<Identity>,
     config: NodeConfig,
     policy: Arc<dyn TrustPolicy>,
@@ -313,11 +315,26 @@ pub const SEND_QUEUE: usize = 64;
 impl Node {
     pub fn new(identity: Arc<Identity>, config: NodeConfig, policy: Arc<dyn TrustPolicy>) -> Node {
         Node {
+            discovery: None,
             identity,
             config,
             policy,
             handler: None,
         }
+    }
+
+    /// Announce this node on the LAN and browse for others with
+    /// `discovery` (`private`: announce a private tag instead of the key).
+    /// A trusted peer found at an address is dialled there (the handshake
+    /// proves its key) and the address is stored on success; other nodes
+    /// found are never dialled.
+    pub fn with_discovery(
+        mut self,
+        discovery: Arc<dyn crate::discovery::Discovery>,
+        private: bool,
+    ) -> Node {
+        self.discovery = Some((discovery, private));
+        self
     }
 
     /// Serve data messages with `handler` (without one they are logged and dropped).
@@ -376,8 +393,17 @@ impl Node {
         });
         info!(addr = %local_addr, pubkey = %shared.identity.public_key().short(12), "node listening");
         tracker.spawn(accept_loop(listener, shared.clone(), tracker.clone()));
+        let (found_tx, found_rx) = tokio::sync::mpsc::channel(crate::discovery::CANDIDATE_QUEUE);
+        if let Some((discovery, private)) = self.discovery {
+            tracker.spawn(crate::discovery::run(
+                shared.clone(),
+                discovery,
+                private,
+                found_tx,
+            ));
+        }
         if let Some(path) = shared.config.peers_path.clone() {
-            tracker.spawn(crate::dialer::run(shared.clone(), path));
+            tracker.spawn(crate::dialer::run(shared.clone(), path, found_rx));
         }
         if let Some(path) = shared.config.status_path.clone() {
             crate::dialer::write_status_now(&shared, &path, true).await;
