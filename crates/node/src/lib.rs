@@ -24,9 +24,11 @@ mod conn;
 mod dialer;
 pub mod discovery;
 mod error;
+mod inbox;
 mod peer_session;
 pub mod peers;
 mod registry;
+pub mod replicate;
 mod server;
 pub mod status;
 
@@ -34,6 +36,7 @@ pub use backoff::{Backoff, DialSchedule, RateLimiter};
 pub use client::{connect, ClientConfig, Connection};
 pub use discovery::{Discovery, MdnsDiscovery, MemoryNetwork};
 pub use error::NodeError;
+pub use inbox::{Inbound, NodeSender, Reply};
 pub use peers::{PeerRecord, PeerSource, PeerStore, PeerStoreError, TrustState};
 pub use registry::{new_session_wins, Direction, PeerStatus, DUPLICATE_SESSION};
 pub use server::{

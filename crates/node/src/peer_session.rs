@@ -34,7 +34,33 @@ pub(crate) fn close_text(r: CloseReason) -> String {
     }
 }
 
-fn handle_message(conn: &mut Conn, shared: &Shared, pk: &PublicKey, addr: SocketAddr, m: Message) {
+async fn handle_message(
+    conn: &mut Conn,
+    shared: &Shared,
+    pk: &PublicKey,
+    addr: SocketAddr,
+    m: Message,
+    reply: &mpsc::Sender<Message>,
+) {
+    if let Some(inbox) = &shared.inbox {
+        let inbound = crate::inbox::Inbound {
+            peer: *pk,
+            msg: m,
+            reply: crate::inbox::Reply::new(*pk, reply.clone()),
+        };
+        match tokio::time::timeout(shared.config.frame_timeout, inbox.send(inbound)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => debug!(%addr, peer = %pk.short(12), "inbox closed; message dropped"),
+            Err(_) => {
+                warn!(%addr, peer = %pk.short(12), "inbox full for too long; closing the session");
+                conn.session.close(
+                    Instant::now(),
+                    "protocol error: peer sends faster than we can process",
+                );
+            }
+        }
+        return;
+    }
     match &shared.handler {
         Some(h) => {
             for reply in h.handle(pk, m) {
@@ -62,6 +88,7 @@ pub(crate) async fn drive(
     let pk = info.pubkey;
     let who = pk.short(12);
     let (tx, mut rx) = mpsc::channel::<Message>(SEND_QUEUE);
+    let reply_tx = tx.clone();
     let ctl = Arc::new(SessionCtl::default());
     // A peer session is one with a node: outbound, or inbound from an
     // initiator that announced a listen port. Other inbound connections are
@@ -93,7 +120,7 @@ pub(crate) async fn drive(
     info!(%addr, peer = %who, agent = %info.agent, version = info.version, %direction, kind, "peer connected");
     shared.emit(NodeEvent::PeerConnected { pubkey: pk, addr });
     for m in inbox {
-        handle_message(&mut conn, &shared, &pk, addr, m);
+        handle_message(&mut conn, &shared, &pk, addr, m, &reply_tx).await;
     }
     let keepalive = shared
         .session_config
@@ -128,7 +155,9 @@ pub(crate) async fn drive(
                         }
                     }
                 }
-                Event::Message(m) => handle_message(&mut conn, &shared, &pk, addr, m),
+                Event::Message(m) => {
+                    handle_message(&mut conn, &shared, &pk, addr, m, &reply_tx).await
+                }
                 Event::Closed(r) => {
                     let remote = !matches!(r, CloseReason::Local(_));
                     conn.finish(shared.config.frame_timeout.min(Duration::from_secs(2)))

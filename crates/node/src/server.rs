@@ -215,6 +215,8 @@ pub(crate) struct Shared {
     pub config: NodeConfig,
     policy: Arc<dyn TrustPolicy>,
     pub handler: Option<Arc<dyn MessageHandler>>,
+    /// Data messages go here (with a reply handle) instead of the handler.
+    pub inbox: Option<tokio::sync::mpsc::Sender<crate::inbox::Inbound>>,
     events: broadcast::Sender<NodeEvent>,
     limits: Mutex<Limits>,
     pub cancel: CancellationToken,
@@ -299,6 +301,7 @@ pub struct Node {
     config: NodeConfig,
     policy: Arc<dyn TrustPolicy>,
     handler: Option<Arc<dyn MessageHandler>>,
+    inbox: Option<tokio::sync::mpsc::Sender<crate::inbox::Inbound>>,
 }
 
 /// A running node.
@@ -320,7 +323,16 @@ impl Node {
             config,
             policy,
             handler: None,
+            inbox: None,
         }
+    }
+
+    /// Deliver data messages to `inbox`, each with a [`crate::Reply`] for
+    /// its session, instead of the handler. The session waits (up to its
+    /// frame timeout) while the channel is full: backpressure on the peer.
+    pub fn with_inbox(mut self, inbox: tokio::sync::mpsc::Sender<crate::inbox::Inbound>) -> Node {
+        self.inbox = Some(inbox);
+        self
     }
 
     /// Announce this node on the LAN and browse for others with
@@ -378,6 +390,7 @@ impl Node {
             config: self.config,
             policy: self.policy,
             handler: self.handler,
+            inbox: self.inbox,
             events,
             limits: Mutex::new(Limits {
                 total: 0,
@@ -465,6 +478,11 @@ impl NodeHandle {
         tx.send(msg)
             .await
             .map_err(|_| SendError::Closed(peer.short(12)))
+    }
+
+    /// A cloneable handle for sending to peers from other tasks.
+    pub fn sender(&self) -> crate::inbox::NodeSender {
+        crate::inbox::NodeSender::new(self.shared.clone())
     }
 
     /// Re-reads the peer store and dials what is due now (no effect without

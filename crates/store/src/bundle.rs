@@ -378,6 +378,7 @@ impl BundleWriter {
     /// Checks size and hash; returns the path of the complete file.
     pub fn finish(mut self) -> Result<PathBuf, StoreError> {
         if !self.complete() {
+            // Drop removes the file.
             return Err(bad(format!(
                 "{} of {} bytes received",
                 self.written, self.total
@@ -386,6 +387,7 @@ impl BundleWriter {
         drop(self.file.take());
         let got = hex::encode(std::mem::take(&mut self.hasher).finalize());
         if got != self.sha256 {
+            let _ = std::fs::remove_file(&self.path);
             return Err(bad(format!(
                 "SHA-256 mismatch: declared {}, received {got}",
                 self.sha256
