@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use mmogit_node::replicate::{Replicator, ReplicatorConfig};
 use mmogit_node::{Node, NodeConfig, NodeEvent, PeerStoreTrust};
 use tracing::{info, warn};
 
@@ -43,6 +44,18 @@ pub struct Args {
     /// Do not dial trusted peers; only accept their connections
     #[arg(long)]
     pub no_dial: bool,
+    /// Serve only your own branch (default: every users/* branch held, so memories relay through this node)
+    #[arg(long)]
+    pub serve_own_only: bool,
+    /// Largest bundle sent or received in one transfer (e.g. 1G, 500M)
+    #[arg(long, default_value = "1G", value_parser = crate::cmd::sync::parse_size)]
+    pub max_transfer: u64,
+    /// Throttle sending to this many bytes per second (e.g. 10M)
+    #[arg(long, value_parser = crate::cmd::sync::parse_size, value_name = "BYTES/S")]
+    pub max_rate: Option<u64>,
+    /// Bundle bytes per GitBundle chunk (at most 7M; smaller for tests)
+    #[arg(long, hide = true, value_parser = crate::cmd::sync::parse_size)]
+    pub chunk_size: Option<u64>,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
@@ -71,11 +84,22 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
+        // Memory exchange: queries, pulls, live announces (replicate.rs).
+        let (inbox_tx, inbox_rx) = tokio::sync::mpsc::channel(64);
+        let mut rcfg = ReplicatorConfig::new(ctx.home.repo_path(), identity.public_key());
+        rcfg.serve_own_only = args.serve_own_only;
+        rcfg.max_transfer = args.max_transfer;
+        rcfg.max_rate = args.max_rate;
+        if let Some(c) = args.chunk_size {
+            rcfg.chunk_size = usize::try_from(c).unwrap_or(usize::MAX);
+        }
         let node = Node::new(identity.clone(), config, policy)
+            .with_inbox(inbox_tx)
             .start()
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = node.local_addr();
+        let replicator = tokio::spawn(Replicator::new(rcfg).run(inbox_rx, node.sender()));
         // The one line on stdout: scripts read the bound port from it.
         println!("listening on {addr} as {}", identity.public_key());
         info!(%addr, pubkey = %identity.public_key().short(12), "serving");
@@ -109,6 +133,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         wait_for_signal().await;
         info!("shutting down: saying Bye to every peer");
         node.shutdown().await;
+        replicator.abort();
         logger.abort();
         Ok::<_, anyhow::Error>(())
     })?;

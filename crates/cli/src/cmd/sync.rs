@@ -45,9 +45,46 @@ pub struct Args {
     /// Print a JSON array with one result per peer
     #[arg(long)]
     pub json: bool,
-    /// Time limit of each git command (fetch, push, ls-remote)
+    /// Time limit of each git command (fetch, push, ls-remote) and of each
+    /// wait for a P2P peer
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Largest bundle received or sent over P2P in one transfer (e.g. 1G)
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub max_transfer: u64,
+    /// Throttle P2P sending to this many bytes per second (e.g. 10M)
+    #[arg(long, value_parser = parse_size, value_name = "BYTES/S")]
+    pub max_rate: Option<u64>,
+}
+
+/// A size: bytes, or with a suffix K, M, G (powers of 1024; `B` and `iB` allowed).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (num, mul) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 512K, 10M, 1G)"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("`{s}` must be more than 0"));
+    }
+    Ok((n * mul as f64).min(u64::MAX as f64) as u64)
+}
+
+/// P2P transfer settings from the command line.
+#[derive(Debug, Clone, Copy)]
+struct P2pLimits {
+    max_transfer: u64,
+    max_rate: Option<u64>,
 }
 
 /// One refused branch problem, as printed and in `--json`.
@@ -131,9 +168,13 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     if args.status {
         return status(ctx, &args);
     }
-    let me = ctx.home.load_identity()?.public_key();
+    let identity = std::sync::Arc::new(ctx.home.load_identity()?);
     let store = ctx.home.open_store()?;
     let peers = select_peers(ctx, args.peer.as_deref())?;
+    let limits = P2pLimits {
+        max_transfer: args.max_transfer,
+        max_rate: args.max_rate,
+    };
     if peers.is_empty() {
         if args.json {
             print_json(&Vec::<PeerResult>::new())?;
@@ -159,7 +200,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         let started = Instant::now();
-        let mut r = sync_peer(&store, &me, rec, args.timeout, &progress);
+        let mut r = sync_peer(&store, &identity, rec, args.timeout, limits, &progress, ctx);
         r.elapsed_ms = started.elapsed().as_millis() as u64;
         if !r.skipped() {
             state.record(&r);
@@ -252,39 +293,186 @@ fn peer_label(rec: &PeerRecord) -> String {
     }
 }
 
-/// Syncs one peer by the transport it has: its git remote, else direct P2P.
+/// Syncs one peer: directly over P2P when it has an address and answers,
+/// else through its git remote.
 fn sync_peer(
     store: &Store,
-    me: &PublicKey,
+    identity: &std::sync::Arc<mmogit_identity::Identity>,
     rec: &PeerRecord,
     timeout: Duration,
+    limits: P2pLimits,
     progress: Progress,
+    ctx: &Ctx,
 ) -> PeerResult {
-    if rec.git_remote.is_some() || rec.git_url.is_some() {
-        let mut r = PeerResult::new(rec, "git");
-        if let Err(e) = sync_git(store, me, rec, timeout, progress, &mut r) {
-            r.error = Some(format!("{e:#}"));
+    let has_git = rec.git_remote.is_some() || rec.git_url.is_some();
+    if !rec.addresses.is_empty() {
+        let r = sync_p2p(store, identity, rec, timeout, limits, progress, ctx);
+        let unreachable = r
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(UNREACHABLE));
+        if !(has_git && unreachable) {
+            return r;
         }
-        r
-    } else {
-        sync_p2p(store, me, rec, timeout, progress)
+        tracing::info!(
+            peer = %rec.pubkey.short(12),
+            "P2P address not reachable; syncing through the git remote"
+        );
     }
+    let mut r = PeerResult::new(rec, "git");
+    if let Err(e) = sync_git(
+        store,
+        &identity.public_key(),
+        rec,
+        timeout,
+        progress,
+        &mut r,
+    ) {
+        r.error = Some(format!("{e:#}"));
+    }
+    r
 }
 
-/// Direct P2P sync with a peer that has only an ip:port address.
+/// Prefix of the error of a P2P peer that could not be reached.
+const UNREACHABLE: &str = "unreachable";
+
+/// Direct P2P sync: one session, we pull what is new (verified ingest), then
+/// the peer pulls what it lacks of ours.
 fn sync_p2p(
-    _store: &Store,
-    _me: &PublicKey,
+    store: &Store,
+    identity: &std::sync::Arc<mmogit_identity::Identity>,
     rec: &PeerRecord,
-    _timeout: Duration,
-    _progress: Progress,
+    timeout: Duration,
+    limits: P2pLimits,
+    progress: Progress,
+    ctx: &Ctx,
 ) -> PeerResult {
+    use mmogit_node::replicate::{sync_connection, ClientSync};
     let mut r = PeerResult::new(rec, "p2p");
-    r.note = Some(format!(
-        "direct P2P sync: not yet ({}); skipped",
-        rec.addresses.last().map(String::as_str).unwrap_or("-")
-    ));
+    let cfg = ClientSync {
+        repo: store.path().to_path_buf(),
+        me: identity.public_key(),
+        max_transfer: limits.max_transfer,
+        max_rate: limits.max_rate,
+        chunk_size: mmogit_node::replicate::MAX_CHUNK,
+        timeout,
+    };
+    let bar = (ctx.progress).then(|| {
+        let b = indicatif::ProgressBar::hidden();
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let label = peer_label(rec);
+    let on_progress = |what: &str, done: u64, total: u64| {
+        progress(&format!("{what} {done}/{total} bytes"));
+        if let Some(b) = &bar {
+            // Only long transfers get a bar.
+            if total >= 4 << 20 && b.is_hidden() {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            b.set_length(total);
+            b.set_position(done);
+            b.set_message(format!("{label}: {what}"));
+        }
+    };
+    let mut last_err = None;
+    let addrs: Vec<&String> = rec.addresses.iter().rev().collect();
+    let outcome = super::p2p::runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                for addr in addrs {
+                    progress(&format!("connecting to {addr}"));
+                    let conn = mmogit_node::connect(
+                        addr,
+                        identity.clone(),
+                        Some(rec.pubkey),
+                        &super::p2p::client_config(timeout),
+                    )
+                    .await;
+                    let mut conn = match conn {
+                        Ok(c) => c,
+                        Err(
+                            e @ (mmogit_node::NodeError::Unreachable { .. }
+                            | mmogit_node::NodeError::Timeout(_)),
+                        ) => {
+                            last_err = Some(format!("{UNREACHABLE}: {e}"));
+                            continue;
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    };
+                    let out = sync_connection(&mut conn, &cfg, &on_progress).await;
+                    let _ = conn.close("done").await;
+                    return out.map_err(|e| e.to_string());
+                }
+                Err(last_err
+                    .take()
+                    .unwrap_or_else(|| format!("{UNREACHABLE}: no address")))
+            })
+        });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    match outcome {
+        Err(e) => r.error = Some(e),
+        Ok(out) => {
+            if let Some(rep) = &out.received {
+                r.received = rep.memories_added();
+                r.branches = rep.with_status(IngestStatus::Accepted).count();
+                push_refusals(&mut r, rep);
+                let failed: Vec<String> = rep
+                    .with_status(IngestStatus::Failed)
+                    .map(|b| {
+                        format!(
+                            "users/{}: {}",
+                            b.author.short(12),
+                            b.error.as_deref().unwrap_or("failed")
+                        )
+                    })
+                    .collect();
+                if !failed.is_empty() {
+                    r.error = Some(failed.join("; "));
+                }
+            }
+            if let Some(e) = out.pull_error {
+                r.error = Some(e);
+            }
+            if let Some(s) = &out.sent {
+                r.sent = s.memories as usize;
+                if !s.refused.is_empty() {
+                    r.push_error = Some(format!("the peer refused: {}", s.refused.join("; ")));
+                }
+            }
+            if let Some(e) = out.push_error {
+                r.push_error = Some(e);
+            }
+        }
+    }
     r
+}
+
+/// Adds the problems of refused branches to `r.refused`.
+fn push_refusals(r: &mut PeerResult, report: &mmogit_store::IngestReport) {
+    for b in report.with_status(IngestStatus::Refused) {
+        for p in &b.problems {
+            r.refused.push(Refusal {
+                branch: p.branch.clone(),
+                reason: p.reason.clone(),
+                memory: p
+                    .memory
+                    .clone()
+                    .or_else(|| p.path.as_deref().and_then(memory_id_of_path)),
+                path: p.path.clone(),
+                commit: p.commit.clone(),
+                evidence: b.evidence.clone(),
+            });
+        }
+    }
 }
 
 /// The URL of a peer's git remote, repairing the remote from peers.json
@@ -323,31 +511,14 @@ fn sync_git(
     let report = store.accept_incoming(&tag, &incoming)?;
     r.received = report.memories_added();
     r.branches = report.with_status(IngestStatus::Accepted).count();
+    push_refusals(r, &report);
     let mut failures = Vec::new();
-    for b in &report.branches {
-        match b.status {
-            IngestStatus::Refused => {
-                for p in &b.problems {
-                    r.refused.push(Refusal {
-                        branch: p.branch.clone(),
-                        reason: p.reason.clone(),
-                        memory: p
-                            .memory
-                            .clone()
-                            .or_else(|| p.path.as_deref().and_then(memory_id_of_path)),
-                        path: p.path.clone(),
-                        commit: p.commit.clone(),
-                        evidence: b.evidence.clone(),
-                    });
-                }
-            }
-            IngestStatus::Failed => failures.push(format!(
-                "users/{}: {}",
-                b.author.short(12),
-                b.error.as_deref().unwrap_or("failed")
-            )),
-            IngestStatus::Accepted | IngestStatus::Unchanged => {}
-        }
+    for b in report.with_status(IngestStatus::Failed) {
+        failures.push(format!(
+            "users/{}: {}",
+            b.author.short(12),
+            b.error.as_deref().unwrap_or("failed")
+        ));
     }
     // Push our own branch when the peer lacks some of it.
     if let Some(ours) = store.tip(me)? {
@@ -491,7 +662,7 @@ fn status(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         };
         if rec.git_remote.is_none() && rec.git_url.is_none() {
             s.via = "p2p";
-            s.note = Some("direct P2P sync: not yet".into());
+            s.note = Some("direct P2P peer: run `mmogit sync` to exchange".into());
         } else {
             let tips = git_source(&store, rec).and_then(|url| {
                 store

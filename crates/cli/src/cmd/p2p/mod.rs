@@ -13,6 +13,7 @@ pub mod add;
 pub mod connect;
 pub mod list;
 pub mod ping;
+pub mod query;
 pub mod remove;
 pub mod status;
 pub mod trust;
@@ -34,6 +35,7 @@ pub enum P2p {
     Block(trust::BlockArgs),
     Connect(connect::Args),
     Ping(ping::Args),
+    Query(query::Args),
     Status(status::Args),
 }
 
@@ -47,6 +49,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         P2p::Block(a) => trust::block(ctx, a),
         P2p::Connect(a) => connect::run(ctx, a),
         P2p::Ping(a) => ping::run(ctx, a),
+        P2p::Query(a) => query::run(ctx, a),
         P2p::Status(a) => status::run(ctx, a),
     }
 }
