@@ -246,7 +246,7 @@ fn sync_status_reports_last_sync_and_whether_behind() {
 }
 
 #[test]
-fn peers_with_only_an_address_are_skipped_for_now() {
+fn unreachable_address_only_peer_fails_alone() {
     let s = setup();
     let c = TestHome::init();
     // An address nobody listens on: added anyway, with its key.
@@ -262,8 +262,8 @@ fn peers_with_only_an_address_are_skipped_for_now() {
     .ok();
     s.a.remember(&["x"]);
     s.a.run(&["sync"]).ok();
-    let r = s.b.run(&["sync", "--json"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = s.b.run(&["sync", "--json", "--timeout", "2s"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
     let v = r.json();
     assert_eq!(v.as_array().unwrap().len(), 2);
     let p2p = v
@@ -272,16 +272,11 @@ fn peers_with_only_an_address_are_skipped_for_now() {
         .iter()
         .find(|p| p["via"] == "p2p")
         .unwrap();
-    assert!(p2p["note"]
-        .as_str()
-        .unwrap()
-        .contains("direct P2P sync: not yet"));
-    let out = s.b.run(&["sync"]).ok();
-    assert!(out.contains("direct P2P sync: not yet"), "{out}");
-    // Named explicitly, it is not synced: a failure.
-    s.b.run(&["sync", "--peer", &c.pubkey()[..10]])
-        .fails_with(1);
-    // B's own key never appears as a peer; A's memories arrived.
+    assert!(
+        p2p["error"].as_str().unwrap().contains("unreachable"),
+        "{p2p}"
+    );
+    // The git peer synced all the same.
     assert!(!r.stdout.contains(&s.pkb));
     assert_eq!(s.b.recall_ids(&["--author", &s.pka]).len(), 1);
 }
