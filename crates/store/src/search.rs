@@ -37,7 +37,7 @@ use crate::StoreError;
 
 /// Bumped whenever the layout of the index changes; an index of another
 /// version is rebuilt.
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 /// Tokens around the matched words in a snippet.
 const SNIPPET_TOKENS: i32 = 16;
 /// How candidates are read and verified together.
@@ -341,7 +341,8 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
              conf REAL,
              UNIQUE(branch, id));
          CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-             content, tags, tokenize = 'porter unicode61 remove_diacritics 2');",
+             content, tags, tokenize = 'porter unicode61 remove_diacritics 2');
+         INSERT INTO fts(fts, rank) VALUES ('rank', 'bm25(1.0, 0.5)');",
     )
 }
 
@@ -387,12 +388,7 @@ fn open_db(path: &Path) -> Result<Connection, Fail> {
 /// deleted first. Returns whether the index starts empty.
 fn open_for(path: &Path, reader: &str) -> Result<(Connection, bool), Fail> {
     let conn = open_db(path)?;
-    let has_meta: bool = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_meta {
+    if !has_table(&conn, "meta")? {
         return Ok((conn, true));
     }
     if meta(&conn, "version")?.as_deref() == Some(SCHEMA_VERSION)
@@ -404,6 +400,14 @@ fn open_for(path: &Path, reader: &str) -> Result<(Connection, bool), Fail> {
     tracing::info!(path = %path.display(), "search index is for another reader or version; rebuilding it");
     remove_index_files(path);
     Ok((open_db(path)?, true))
+}
+
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )
 }
 
 fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
@@ -532,7 +536,9 @@ impl Store {
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut update = IndexUpdate::default();
-        create_schema(&tx)?;
+        if !has_table(&tx, "meta")? {
+            create_schema(&tx)?;
+        }
         let ok_meta = meta(&tx, "version")?.as_deref() == Some(SCHEMA_VERSION)
             && meta(&tx, "reader")?.as_deref() == Some(want_reader.as_str());
         if !ok_meta {
@@ -692,7 +698,10 @@ impl Store {
         update: IndexUpdate,
     ) -> Result<SearchResult, Fail> {
         let mut sql = String::from(
-            "SELECT b.owner, d.id, d.blob, bm25(fts, 1.0, 0.5) AS score,
+            // `ORDER BY rank` (bm25 with tags weighing half, set in the
+            // schema) lets FTS5 sort the matches itself, so the snippet and
+            // the rest are computed only for the rows read.
+            "SELECT b.owner, d.id, d.blob, fts.rank,
                     snippet(fts, 0, '**', '**', '…', ?2), fts.content, fts.tags
              FROM fts JOIN docs d ON d.rowid = fts.rowid JOIN branches b ON b.rowid = d.branch
              WHERE fts MATCH ?1",
@@ -731,7 +740,7 @@ impl Store {
             let p = arg(min.into());
             sql.push_str(&format!(" AND d.conf >= {p}"));
         }
-        sql.push_str(" ORDER BY score, d.id");
+        sql.push_str(" ORDER BY fts.rank");
         let mut stmt = conn.prepare(&sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
 
