@@ -44,6 +44,12 @@ pub struct Args {
     /// Do not dial trusted peers; only accept their connections
     #[arg(long)]
     pub no_dial: bool,
+    /// Do not announce this node on the local network (mDNS) nor look for peers there
+    #[arg(long, env = "MMOGIT_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_mdns: bool,
+    /// On the local network, announce a daily tag that only peers knowing your key recognise, instead of the key
+    #[arg(long)]
+    pub mdns_private: bool,
     /// Serve only your own branch (default: every users/* branch held, so memories relay through this node)
     #[arg(long)]
     pub serve_own_only: bool,
@@ -93,7 +99,11 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         if let Some(c) = args.chunk_size {
             rcfg.chunk_size = usize::try_from(c).unwrap_or(usize::MAX);
         }
-        let node = Node::new(identity.clone(), config, policy)
+        let mut node = Node::new(identity.clone(), config, policy);
+        if let Some(d) = lan_discovery(args.no_mdns) {
+            node = node.with_discovery(d, args.mdns_private);
+        }
+        let node = node
             .with_inbox(inbox_tx)
             .start()
             .await
@@ -138,6 +148,21 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// mDNS discovery unless turned off; serve goes on without it when it cannot start.
+fn lan_discovery(off: bool) -> Option<Arc<dyn mmogit_node::Discovery>> {
+    if off {
+        info!("mDNS off: not announcing this node nor looking for peers on the local network");
+        return None;
+    }
+    match mmogit_node::MdnsDiscovery::new() {
+        Ok(d) => Some(Arc::new(d)),
+        Err(e) => {
+            warn!(error = %e, "mDNS unavailable; serving without local network discovery");
+            None
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -77,7 +77,10 @@ impl TestHome {
         c.arg("--home").arg(&self.home);
         c.env_remove("MMOGIT_HOME")
             .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            // Never multicast from the machine's own namespace: mDNS tests
+            // run in network namespaces and remove this (tests/mdns.rs).
+            .env("MMOGIT_NO_MDNS", "1");
         c
     }
 

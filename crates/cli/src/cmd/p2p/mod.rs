@@ -11,6 +11,7 @@ use crate::Ctx;
 
 pub mod add;
 pub mod connect;
+pub mod discover;
 pub mod list;
 pub mod ping;
 pub mod query;
@@ -34,6 +35,7 @@ pub enum P2p {
     Accept(trust::AcceptArgs),
     Block(trust::BlockArgs),
     Connect(connect::Args),
+    Discover(discover::Args),
     Ping(ping::Args),
     Query(query::Args),
     Status(status::Args),
@@ -48,6 +50,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         P2p::Accept(a) => trust::accept(ctx, a),
         P2p::Block(a) => trust::block(ctx, a),
         P2p::Connect(a) => connect::run(ctx, a),
+        P2p::Discover(a) => discover::run(ctx, a),
         P2p::Ping(a) => ping::run(ctx, a),
         P2p::Query(a) => query::run(ctx, a),
         P2p::Status(a) => status::run(ctx, a),
