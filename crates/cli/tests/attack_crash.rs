@@ -213,3 +213,27 @@ fn kill9_of_either_end_mid_transfer_then_transfer_completes() {
     assert!(b.verify_ok());
     assert_eq!(ids(b).len(), 1500);
 }
+
+/// Regression (found by the test above): a `remember` killed between
+/// locking its branch ref and renaming the lock left
+/// `refs/heads/users/<key>.lock` behind, and every later write failed with
+/// "could not update branch … after 200 attempts". Writers hold the
+/// repository write lock around ref updates, so a ref lock seen by the
+/// holder is stale and is removed.
+#[test]
+fn stale_ref_lock_from_a_killed_writer_does_not_block_writes() {
+    let h = common::TestHome::init();
+    h.remember(&["first"]);
+    let lock = h
+        .repo()
+        .join(format!("refs/heads/users/{}.lock", h.pubkey()));
+    std::fs::write(&lock, "").unwrap();
+    let id = h.remember(&["after a writer died holding the ref lock"]);
+    assert!(h.recall_ids(&[]).contains(&id));
+    assert!(!lock.exists());
+    std::fs::write(&lock, "").unwrap();
+    h.run_stdin(&["import", "-"], "{\"content\": \"imported\"}\n")
+        .ok();
+    assert_eq!(h.recall_ids(&[]).len(), 3);
+    assert_eq!(h.run(&["verify", "--json"]).json()["ok"], true);
+}

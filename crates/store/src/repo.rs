@@ -473,6 +473,7 @@ fn move_ref(
     message: &str,
 ) -> Result<Oid, StoreError> {
     let refname = branch_name(&identity.public_key());
+    remove_stale_ref_lock(repo, &refname);
     for attempt in 0..MAX_CAS_ATTEMPTS {
         let res = match old {
             Some(o) => repo.reference_matching(&refname, commit, true, o, message),
@@ -531,6 +532,19 @@ impl WriteLock {
             .map_err(io)?;
         f.lock().map_err(io)?;
         Ok(WriteLock(f))
+    }
+}
+
+/// Removes `<refname>.lock` left by a writer that died (kill -9, power loss)
+/// between locking the ref and renaming the lock into place: every mmogit
+/// writer of a `users/*` branch holds [`WriteLock`] around its ref update,
+/// so a ref lock file seen by the holder is stale. Without this, libgit2
+/// would report the branch as locked forever. Call only with the lock held.
+pub(crate) fn remove_stale_ref_lock(repo: &Repository, refname: &str) {
+    let path = repo.path().join(format!("{refname}.lock"));
+    if path.exists() {
+        tracing::warn!(lock = %path.display(), "removing a stale ref lock left by a writer that died");
+        let _ = std::fs::remove_file(&path);
     }
 }
 

@@ -490,6 +490,7 @@ impl Store {
             // Writers queue on the repository lock; the compare-and-swap
             // below is the second guard.
             let lock = WriteLock::acquire(repo)?;
+            crate::repo::remove_stale_ref_lock(repo, &refname);
             if self.tip(&author)? != old {
                 drop(lock);
                 tracing::debug!(attempt, branch = %branch, "branch moved while verifying, checking again");
