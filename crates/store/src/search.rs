@@ -378,7 +378,10 @@ fn open_db(path: &Path) -> Result<Connection, Fail> {
     // Deleted rows (a private memory's decrypted text among them) are
     // overwritten, not left in free pages.
     conn.execute_batch(
-        "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA secure_delete=ON;",
+        // No fsync: the index is derived data. A crash of the process cannot
+        // damage it (WAL); a power loss might, and a corrupt index is rebuilt,
+        // a stale one brought up to date, and every hit is checked in git.
+        "PRAGMA synchronous=OFF; PRAGMA temp_store=MEMORY; PRAGMA secure_delete=ON;",
     )?;
     Ok(conn)
 }
@@ -534,6 +537,7 @@ impl Store {
                 ..IndexUpdate::default()
             });
         }
+        let checked = started.elapsed();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut update = IndexUpdate::default();
         if !has_table(&tx, "meta")? {
@@ -597,8 +601,15 @@ impl Store {
                 tx.execute("DELETE FROM branches WHERE rowid = ?1", [row])?;
             }
         }
+        let indexed = started.elapsed();
         tx.commit()?;
         update.elapsed = started.elapsed();
+        tracing::debug!(
+            check_ms = checked.as_secs_f64() * 1e3,
+            index_ms = (indexed - checked).as_secs_f64() * 1e3,
+            commit_ms = (update.elapsed - indexed).as_secs_f64() * 1e3,
+            "search index update phases"
+        );
         tracing::info!(
             branches = update.branches,
             added = update.added,
@@ -651,40 +662,75 @@ impl Store {
         let mut del_fts = tx.prepare("DELETE FROM fts WHERE rowid = ?1")?;
         let mut old_row = tx.prepare("SELECT rowid FROM docs WHERE branch = ?1 AND id = ?2")?;
         let fresh = old.is_none();
-        for chunk in added.chunks(PARSE_CHUNK) {
-            let docs = parse_docs(self.path(), self.git(), owner, chunk, reader);
-            for ((id, _), doc) in chunk.iter().zip(docs) {
-                let doc = match doc {
-                    Ok(d) => d,
-                    Err(reason) => {
-                        tracing::debug!(branch = %owner.short(12), id, reason, "not indexed");
-                        update.skipped += 1;
-                        continue;
+        let mut insert =
+            |chunk: &[(String, Oid)], docs: Vec<Result<Doc, String>>| -> Result<(), Fail> {
+                for ((id, _), doc) in chunk.iter().zip(docs) {
+                    let doc = match doc {
+                        Ok(d) => d,
+                        Err(reason) => {
+                            tracing::debug!(branch = %owner.short(12), id, reason, "not indexed");
+                            update.skipped += 1;
+                            continue;
+                        }
+                    };
+                    if !fresh {
+                        if let Some(r) = old_row
+                            .query_row(params![branch_row, doc.id], |r| r.get::<_, i64>(0))
+                            .optional()?
+                        {
+                            del_fts.execute([r])?;
+                        }
                     }
-                };
-                if !fresh {
-                    if let Some(r) = old_row
-                        .query_row(params![branch_row, doc.id], |r| r.get::<_, i64>(0))
-                        .optional()?
-                    {
-                        del_fts.execute([r])?;
+                    ins_doc.execute(params![
+                        branch_row,
+                        doc.id,
+                        doc.blob.to_string(),
+                        doc.t,
+                        doc.kind.as_str(),
+                        tag_key(&doc.tags),
+                        doc.confidence
+                    ])?;
+                    let row = tx.last_insert_rowid();
+                    ins_fts.execute(params![row, doc.text, doc.tags.join(" ")])?;
+                    update.added += 1;
+                }
+                Ok(())
+            };
+        if added.len() < 2 * PARSE_CHUNK {
+            return insert(
+                &added,
+                parse_docs(self.path(), self.git(), owner, &added, reader),
+            );
+        }
+        // Many files: one thread reads and parses the next chunk while this
+        // one inserts the previous.
+        let (send, recv) = std::sync::mpsc::sync_channel::<Vec<Result<Doc, String>>>(2);
+        let path = self.path();
+        let added = &added;
+        std::thread::scope(|s| {
+            // Owned here, so an insert error drops it and the parser stops.
+            let recv = recv;
+            s.spawn(move || {
+                let repo = Repository::open_bare(path);
+                let owner_hex = owner.to_hex();
+                for chunk in added.chunks(PARSE_CHUNK) {
+                    let docs = chunk
+                        .iter()
+                        .map(|(id, blob)| match &repo {
+                            Ok(r) => parse_doc(r, owner, &owner_hex, id, *blob, reader),
+                            Err(e) => Err(e.to_string()),
+                        })
+                        .collect();
+                    if send.send(docs).is_err() {
+                        break;
                     }
                 }
-                ins_doc.execute(params![
-                    branch_row,
-                    doc.id,
-                    doc.blob.to_string(),
-                    doc.t,
-                    doc.kind.as_str(),
-                    tag_key(&doc.tags),
-                    doc.confidence
-                ])?;
-                let row = tx.last_insert_rowid();
-                ins_fts.execute(params![row, doc.text, doc.tags.join(" ")])?;
-                update.added += 1;
+            });
+            for (chunk, docs) in added.chunks(PARSE_CHUNK).zip(recv.iter()) {
+                insert(chunk, docs)?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Runs the FTS query with the filter, then reads and verifies hits
