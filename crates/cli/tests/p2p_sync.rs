@@ -94,7 +94,10 @@ fn receiver_killed_mid_transfer_then_sync_completes() {
     let (pa, pb) = (a.pubkey(), b.pubkey());
     import(&a, 1500, "bulk");
     // Slow sender: small chunks, 64 KiB/s.
-    let sa = Serve::start(&a, &["--no-dial", "--max-rate", "64K", "--chunk-size", "8K"]);
+    let sa = Serve::start(
+        &a,
+        &["--no-dial", "--max-rate", "64K", "--chunk-size", "8K"],
+    );
     b.run(&["p2p", "add", &sa.addr, "--pubkey", &pa]).ok();
     // First contact records B as pending on A.
     let _ = b.run(&["sync", "--json", "--timeout", "5s"]);
@@ -111,7 +114,10 @@ fn receiver_killed_mid_transfer_then_sync_completes() {
     let incoming = b.repo().join("mmogit-incoming");
     let started = wait_until(10, || {
         std::fs::read_dir(&incoming)
-            .map(|d| d.flatten().any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false)))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.metadata().map(|m| m.len() > 0).unwrap_or(false))
+            })
             .unwrap_or(false)
     });
     assert!(started, "transfer started");
@@ -160,13 +166,22 @@ fn p2p_query_with_filters() {
         .all(|m| m["verified"] == true && m["author"] == pa.as_str()));
     let v = b
         .run(&[
-            "p2p", "query", &pa[..16], "--tag", "rust", "--type", "task", "--json",
+            "p2p",
+            "query",
+            &pa[..16],
+            "--tag",
+            "rust",
+            "--type",
+            "task",
+            "--json",
         ])
         .json();
     assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
     assert_eq!(v[0]["content"], "write tests");
     let v = b
-        .run(&["p2p", "query", &sa.addr, "--author", &pa, "--limit", "1", "--json"])
+        .run(&[
+            "p2p", "query", &sa.addr, "--author", &pa, "--limit", "1", "--json",
+        ])
         .json();
     assert_eq!(v.as_array().unwrap().len(), 1);
     // Nothing was stored: a query is not a sync.

@@ -80,14 +80,29 @@ impl Store {
     }
 
     /// Removes what an interrupted transfer left behind: files in
-    /// [`Store::incoming_dir`] and every quarantine ref. Call it when no
-    /// ingest of this repository runs (at the start of `serve` or `sync`).
+    /// [`Store::incoming_dir`] (except those named after another live
+    /// process) and every quarantine ref (refs matter only between their
+    /// creation and the ingest a few milliseconds later; objects they kept
+    /// alive are still in the object database).
     pub fn clean_incoming(&self) -> Result<usize, StoreError> {
         let dir = self.incoming_dir();
         let mut n = 0;
         match std::fs::read_dir(&dir) {
             Ok(entries) => {
                 for e in entries.flatten() {
+                    // `<pid>-...`: keep the files of another live process
+                    // (e.g. `serve` receiving while `sync` starts).
+                    let pid = e
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| n.split('-').next()?.parse::<u32>().ok());
+                    if let Some(pid) = pid {
+                        if pid != std::process::id()
+                            && Path::new("/proc").join(pid.to_string()).exists()
+                        {
+                            continue;
+                        }
+                    }
                     if std::fs::remove_file(e.path()).is_ok() {
                         n += 1;
                     }
