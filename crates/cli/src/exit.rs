@@ -101,11 +101,27 @@ fn node_code(e: &NodeError) -> Option<u8> {
     }
 }
 
+/// The code of an error of the library API (None: look at its causes).
+fn api_code(e: &mmogit::Error) -> Option<u8> {
+    match e {
+        mmogit::Error::Home(e) => home_code(e),
+        mmogit::Error::Identity(e) => identity_code(e),
+        mmogit::Error::Store(e) => store_code(e),
+        mmogit::Error::Node(e) => node_code(e),
+        mmogit::Error::Peers(e) => peers_code(e),
+        mmogit::Error::Usage(_) => Some(code::USAGE),
+        mmogit::Error::Unreachable(_) => Some(code::UNREACHABLE),
+        _ => None,
+    }
+}
+
 /// Picks the exit code of an error by looking through its causes.
 pub fn code_of(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         let found = if let Some(e) = cause.downcast_ref::<Exit>() {
             Some(e.code)
+        } else if let Some(e) = cause.downcast_ref::<mmogit::Error>() {
+            api_code(e)
         } else if let Some(e) = cause.downcast_ref::<HomeError>() {
             home_code(e)
         } else if let Some(e) = cause.downcast_ref::<IdentityError>() {

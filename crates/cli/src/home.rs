@@ -8,27 +8,42 @@ use mmogit_store::{Store, StoreError};
 /// Errors about the home directory as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {
+    /// No identity in the home: run `mmogit init`.
     #[error("no identity in {}: run `mmogit init`", .0.display())]
     NotInitialized(PathBuf),
+    /// Neither --home, MMOGIT_HOME nor HOME is set.
     #[error("cannot find a home directory: pass --home or set MMOGIT_HOME")]
     NoHomeDir,
+    /// The key file.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The memory repository.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Reading or creating the directory.
     #[error("I/O error on {}: {source}", path.display())]
     Io {
+        /// The path.
         path: PathBuf,
+        /// The cause.
         #[source]
         source: std::io::Error,
     },
+    /// No author key starts with this prefix.
     #[error("`{prefix}` matches no known public key")]
-    UnknownKey { prefix: String },
+    UnknownKey {
+        /// The prefix.
+        prefix: String,
+    },
+    /// Several author keys start with this prefix.
     #[error("`{prefix}` is ambiguous; it matches: {}", candidates.join(", "))]
     AmbiguousKey {
+        /// The prefix.
         prefix: String,
+        /// The keys it matches.
         candidates: Vec<String>,
     },
+    /// Neither a key nor a prefix of 8 or more hex.
     #[error("`{0}` is not a public key: give 64 hex characters or a unique prefix of at least 8")]
     BadKey(String),
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use mmogit_store::{Filter, MemoryType, RecallResult, SearchQuery, SearchResult};
+use mmogit_store::{Filter, MemoryType, RecallResult, SearchResult};
 use serde::Serialize;
 
 use crate::cmd::remember::parse_type;
@@ -72,21 +72,19 @@ pub fn recall_and_print(
     kinds: Vec<MemoryType>,
     min_confidence: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
-    let (filter, me, store) = prepare(ctx, args, kinds, min_confidence)?;
-    let RecallResult { memories, warnings } = store.recall(&filter)?;
+    let (filter, agent) = prepare(ctx, args, kinds, min_confidence)?;
+    let me = agent.reader();
+    let RecallResult { memories, warnings } = agent.recall(&filter)?;
     for w in &warnings {
         tracing::warn!("skipping {}: {}", w.path, w.reason);
     }
     if args.json {
-        let out: Vec<MemoryJson> = memories
-            .iter()
-            .map(|m| MemoryJson::new(m, me.as_ref()))
-            .collect();
+        let out: Vec<MemoryJson> = memories.iter().map(|m| MemoryJson::new(m, me)).collect();
         print_json(&out)?;
     } else {
         let mut out = std::io::stdout().lock();
         for m in &memories {
-            print_human(&mut out, m, me.as_ref())?;
+            print_human(&mut out, m, me)?;
         }
         out.flush()?;
         if memories.is_empty() && !ctx.quiet {
@@ -96,17 +94,13 @@ pub fn recall_and_print(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The filter from the command line, the identity (if any) and the store.
+/// The filter from the command line and the agent (with its identity, if any).
 fn prepare(
     ctx: &Ctx,
     args: &FilterArgs,
     kinds: Vec<MemoryType>,
     min_confidence: Option<f64>,
-) -> anyhow::Result<(
-    Filter,
-    Option<mmogit_identity::Identity>,
-    mmogit_store::Store,
-)> {
+) -> anyhow::Result<(Filter, mmogit::Agent)> {
     if let Some(c) = min_confidence {
         if !(0.0..=1.0).contains(&c) {
             return Err(crate::exit::Exit::new(
@@ -118,14 +112,10 @@ fn prepare(
     }
     // Recall works without an identity (a read-only replica), but then
     // nothing private can be decrypted and `me` means nothing.
-    let me = ctx.home.load_identity().ok();
-    let store = ctx.home.open_store()?;
+    let agent = mmogit::Agent::open_reader(ctx.home.clone());
     let mut authors = Vec::new();
     for a in &args.authors {
-        authors.push(
-            ctx.home
-                .resolve_author(a, me.as_ref().map(|i| i.public_key()).as_ref())?,
-        );
+        authors.push(agent.resolve_author(a)?);
     }
     let filter = Filter {
         kinds,
@@ -135,7 +125,7 @@ fn prepare(
         min_confidence,
         limit: args.limit,
     };
-    Ok((filter, me, store))
+    Ok((filter, agent))
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
@@ -164,10 +154,10 @@ fn search_and_print(
     kinds: Vec<MemoryType>,
     min_confidence: Option<f64>,
 ) -> anyhow::Result<ExitCode> {
-    let (filter, me, store) = prepare(ctx, args, kinds, min_confidence)?;
+    let (filter, agent) = prepare(ctx, args, kinds, min_confidence)?;
+    let me = agent.reader();
     // The store logs the index update (-v).
-    let SearchResult { hits, warnings, .. } =
-        store.search(&SearchQuery { text, filter }, me.as_ref())?;
+    let SearchResult { hits, warnings, .. } = agent.search(text, filter)?;
     for w in &warnings {
         tracing::warn!("skipping {}: {}", w.path, w.reason);
     }
@@ -175,7 +165,7 @@ fn search_and_print(
         let out: Vec<HitJson> = hits
             .iter()
             .map(|h| HitJson {
-                memory: MemoryJson::new(&h.memory, me.as_ref()),
+                memory: MemoryJson::new(&h.memory, me),
                 score: h.score,
                 snippet: &h.snippet,
             })
@@ -189,7 +179,7 @@ fn search_and_print(
                 write!(out, "{}", h.snippet.replace('\n', " "))?;
             }
             writeln!(out)?;
-            print_human(&mut out, &h.memory, me.as_ref())?;
+            print_human(&mut out, &h.memory, me)?;
         }
         out.flush()?;
         if hits.is_empty() && !ctx.quiet {

@@ -4,7 +4,7 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use mmogit_store::{MemoryType, NewMemory, VerifiedMemory};
+use mmogit_store::{MemoryType, NewMemory};
 
 use crate::output::{print_json, MemoryJson};
 use crate::Ctx;
@@ -54,19 +54,11 @@ pub fn content_arg(s: &str) -> anyhow::Result<String> {
 
 /// Signs and stores one memory; prints it.
 pub fn write_memory(ctx: &Ctx, new: NewMemory, json: bool) -> anyhow::Result<ExitCode> {
-    let id = ctx.home.load_identity()?;
-    let store = ctx.home.open_store()?;
-    let m = VerifiedMemory::create(&id, new)?;
-    store
-        .append(
-            &id,
-            std::slice::from_ref(&m),
-            &format!("{} {}", m.kind(), &m.id()[..12]),
-        )
-        .context("storing the memory")?;
-    tracing::info!(id = m.id(), "memory stored");
+    let agent = mmogit::Agent::open(ctx.home.clone())?;
+    let id = agent.identity()?;
+    let m = agent.remember(new)?;
     if json {
-        print_json(&MemoryJson::new(&m, Some(&id)))?;
+        print_json(&MemoryJson::new(&m, Some(id)))?;
     } else {
         println!("{}", m.id());
         if !ctx.quiet {

@@ -7,20 +7,18 @@
 //! The outcome of each run is kept in `<home>/sync-state.json` for
 //! `mmogit sync --status`.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use anyhow::Context;
-use mmogit_identity::PublicKey;
-use mmogit_node::{PeerRecord, TrustState};
-use mmogit_store::{IngestStatus, Store};
-use serde::{Deserialize, Serialize};
+use mmogit::api::sync::{git_source, SyncState};
+use mmogit::{Agent, PeerSyncResult, SyncOptions, SyncProgress, SyncTarget};
+use mmogit_node::PeerRecord;
+use serde::Serialize;
 
-use super::p2p::{load_peers, when};
-use crate::exit::{code, Exit};
+use super::p2p::when;
+use crate::exit::code;
 use crate::output::print_json;
 use crate::Ctx;
 
@@ -80,104 +78,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mul as f64).min(u64::MAX as f64) as u64)
 }
 
-/// P2P transfer settings from the command line.
-#[derive(Debug, Clone, Copy)]
-struct P2pLimits {
-    max_transfer: u64,
-    max_rate: Option<u64>,
-}
-
-/// One refused branch problem, as printed and in `--json`.
-#[derive(Serialize, Debug, Clone)]
-pub struct Refusal {
-    /// `users/<64 hex>`
-    pub branch: String,
-    pub reason: String,
-    /// The memory concerned, when known.
-    pub memory: Option<String>,
-    pub path: Option<String>,
-    pub commit: Option<String>,
-    /// Where a refused rewritten history is kept (`refs/mmogit/evidence/...`).
-    pub evidence: Option<String>,
-}
-
-/// The outcome of syncing one peer (an element of `sync --json`).
-#[derive(Serialize, Debug, Clone)]
-pub struct PeerResult {
-    /// The peer's key (64 hex).
-    pub peer: String,
-    pub name: Option<String>,
-    /// `git` or `p2p`.
-    pub via: &'static str,
-    /// Memories accepted.
-    pub received: usize,
-    /// Branches that moved.
-    pub branches: usize,
-    /// Commits of our branch pushed.
-    pub sent: usize,
-    /// Everything refused, one entry per problem.
-    pub refused: Vec<Refusal>,
-    /// Set when our push was not accepted (not fatal).
-    pub push_error: Option<String>,
-    /// Set when the peer could not be synced.
-    pub error: Option<String>,
-    /// A remark, e.g. why a peer was skipped.
-    pub note: Option<String>,
-    pub elapsed_ms: u64,
-}
-
-impl PeerResult {
-    fn new(rec: &PeerRecord, via: &'static str) -> PeerResult {
-        PeerResult {
-            peer: rec.pubkey.to_hex(),
-            name: rec.name.clone(),
-            via,
-            received: 0,
-            branches: 0,
-            sent: 0,
-            refused: Vec::new(),
-            push_error: None,
-            error: None,
-            note: None,
-            elapsed_ms: 0,
-        }
-    }
-
-    fn skipped(&self) -> bool {
-        self.note.is_some() && self.error.is_none() && self.via == "p2p"
-    }
-
-    /// `ok`, `refused`, `failed` or `skipped`.
-    fn outcome(&self) -> &'static str {
-        if !self.refused.is_empty() {
-            "refused"
-        } else if self.error.is_some() {
-            "failed"
-        } else if self.skipped() {
-            "skipped"
-        } else {
-            "ok"
-        }
-    }
-}
-
-/// What to tell the spinner.
-type Progress<'a> = &'a dyn Fn(&str);
-
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     if args.status {
         return status(ctx, &args);
     }
-    let identity = std::sync::Arc::new(ctx.home.load_identity()?);
-    let store = ctx.home.open_store()?;
-    let peers = select_peers(ctx, args.peer.as_deref())?;
-    let limits = P2pLimits {
-        max_transfer: args.max_transfer,
-        max_rate: args.max_rate,
+    let agent = Agent::open(ctx.home.clone())?;
+    agent.store()?;
+    let target = match &args.peer {
+        Some(p) => SyncTarget::Peer(p.clone()),
+        None => SyncTarget::All,
     };
-    if peers.is_empty() {
+    if agent.sync_peers(&target).map_err(usage_exit)?.is_empty() {
         if args.json {
-            print_json(&Vec::<PeerResult>::new())?;
+            print_json(&Vec::<PeerSyncResult>::new())?;
         } else if !ctx.quiet {
             eprintln!(
                 "no trusted peer to sync with: add one with `mmogit p2p add <git url | ip:port>`"
@@ -185,40 +98,69 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let opts = SyncOptions {
+        timeout: args.timeout,
+        max_transfer: args.max_transfer,
+        max_rate: args.max_rate,
+    };
     let spinner = (ctx.progress && !args.json).then(|| {
         let s = indicatif::ProgressBar::new_spinner();
         s.enable_steady_tick(Duration::from_millis(100));
         s
     });
-    let mut state = SyncState::load(&state_path(ctx));
-    let mut results = Vec::new();
-    for rec in &peers {
-        let label = peer_label(rec);
-        let progress = |step: &str| {
+    // The transfer bar of the peer being synced (long transfers only).
+    let bar: RefCell<Option<indicatif::ProgressBar>> = RefCell::new(None);
+    let on_progress = |p: SyncProgress| match p {
+        SyncProgress::Step { peer, step } => {
             if let Some(s) = &spinner {
-                s.set_message(format!("{label}: {step}"));
-            }
-        };
-        let started = Instant::now();
-        let mut r = sync_peer(&store, &identity, rec, args.timeout, limits, &progress, ctx);
-        r.elapsed_ms = started.elapsed().as_millis() as u64;
-        if !r.skipped() {
-            state.record(&r);
-        }
-        if !args.json {
-            let print = || print_human(&r);
-            match &spinner {
-                Some(s) => s.suspend(print),
-                None => print(),
+                s.set_message(format!("{}: {step}", peer_label(peer)));
             }
         }
-        results.push(r);
-    }
+        SyncProgress::Transfer {
+            peer,
+            what,
+            done,
+            total,
+        } => {
+            if !ctx.progress {
+                return;
+            }
+            let mut bar = bar.borrow_mut();
+            let b = bar.get_or_insert_with(|| {
+                let b = indicatif::ProgressBar::hidden();
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            if total >= 4 << 20 && b.is_hidden() {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            b.set_length(total);
+            b.set_position(done);
+            b.set_message(format!("{}: {what}", peer_label(peer)));
+        }
+        SyncProgress::Done(r) => {
+            if let Some(b) = bar.borrow_mut().take() {
+                b.finish_and_clear();
+            }
+            if !args.json {
+                let print = || print_human(r);
+                match &spinner {
+                    Some(s) => s.suspend(print),
+                    None => print(),
+                }
+            }
+        }
+    };
+    let results = agent
+        .sync_blocking(&target, &opts, &on_progress)
+        .map_err(usage_exit)?;
     if let Some(s) = spinner {
         s.finish_and_clear();
-    }
-    if let Err(e) = state.save() {
-        tracing::warn!("could not save the sync state: {e:#}");
     }
     if args.json {
         print_json(&results)?;
@@ -245,44 +187,11 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Trusted peers that have a git remote or an address, or the one named.
-fn select_peers(ctx: &Ctx, query: Option<&str>) -> anyhow::Result<Vec<PeerRecord>> {
-    let peers = load_peers(ctx)?;
-    match query {
-        Some(q) => {
-            let rec = peers.get(q)?;
-            if rec.trust != TrustState::Trusted {
-                return Err(Exit::new(
-                    code::USAGE,
-                    format!(
-                        "peer {} is {:?}, not trusted: `mmogit p2p accept {}` first",
-                        rec.pubkey.short(12),
-                        rec.trust,
-                        rec.pubkey.short(12)
-                    )
-                    .to_lowercase(),
-                )
-                .into());
-            }
-            if rec.git_remote.is_none() && rec.git_url.is_none() && rec.addresses.is_empty() {
-                return Err(Exit::new(
-                    code::USAGE,
-                    format!(
-                        "peer {} has no git remote and no address",
-                        rec.pubkey.short(12)
-                    ),
-                )
-                .into());
-            }
-            Ok(vec![rec.clone()])
-        }
-        None => Ok(peers
-            .list()
-            .into_iter()
-            .filter(|r| r.trust == TrustState::Trusted)
-            .filter(|r| r.git_remote.is_some() || r.git_url.is_some() || !r.addresses.is_empty())
-            .cloned()
-            .collect()),
+/// An API usage error keeps its exit code; others pass through.
+fn usage_exit(e: mmogit::Error) -> anyhow::Error {
+    match e {
+        mmogit::Error::Usage(m) => crate::exit::Exit::new(code::USAGE, m).into(),
+        e => e.into(),
     }
 }
 
@@ -293,271 +202,6 @@ fn peer_label(rec: &PeerRecord) -> String {
     }
 }
 
-/// Syncs one peer: directly over P2P when it has an address and answers,
-/// else through its git remote.
-fn sync_peer(
-    store: &Store,
-    identity: &std::sync::Arc<mmogit_identity::Identity>,
-    rec: &PeerRecord,
-    timeout: Duration,
-    limits: P2pLimits,
-    progress: Progress,
-    ctx: &Ctx,
-) -> PeerResult {
-    let has_git = rec.git_remote.is_some() || rec.git_url.is_some();
-    if !rec.addresses.is_empty() {
-        let r = sync_p2p(store, identity, rec, timeout, limits, progress, ctx);
-        let unreachable = r
-            .error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(UNREACHABLE));
-        if !(has_git && unreachable) {
-            return r;
-        }
-        tracing::info!(
-            peer = %rec.pubkey.short(12),
-            "P2P address not reachable; syncing through the git remote"
-        );
-    }
-    let mut r = PeerResult::new(rec, "git");
-    if let Err(e) = sync_git(
-        store,
-        &identity.public_key(),
-        rec,
-        timeout,
-        progress,
-        &mut r,
-    ) {
-        r.error = Some(format!("{e:#}"));
-    }
-    r
-}
-
-/// Prefix of the error of a P2P peer that could not be reached.
-const UNREACHABLE: &str = "unreachable";
-
-/// Direct P2P sync: one session, we pull what is new (verified ingest), then
-/// the peer pulls what it lacks of ours.
-fn sync_p2p(
-    store: &Store,
-    identity: &std::sync::Arc<mmogit_identity::Identity>,
-    rec: &PeerRecord,
-    timeout: Duration,
-    limits: P2pLimits,
-    progress: Progress,
-    ctx: &Ctx,
-) -> PeerResult {
-    use mmogit_node::replicate::{sync_connection, ClientSync};
-    let mut r = PeerResult::new(rec, "p2p");
-    let cfg = ClientSync {
-        repo: store.path().to_path_buf(),
-        me: identity.public_key(),
-        max_transfer: limits.max_transfer,
-        max_rate: limits.max_rate,
-        chunk_size: mmogit_node::replicate::MAX_CHUNK,
-        timeout,
-    };
-    let bar = (ctx.progress).then(|| {
-        let b = indicatif::ProgressBar::hidden();
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    });
-    let label = peer_label(rec);
-    let on_progress = |what: &str, done: u64, total: u64| {
-        progress(&format!("{what} {done}/{total} bytes"));
-        if let Some(b) = &bar {
-            // Only long transfers get a bar.
-            if total >= 4 << 20 && b.is_hidden() {
-                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            }
-            b.set_length(total);
-            b.set_position(done);
-            b.set_message(format!("{label}: {what}"));
-        }
-    };
-    let mut last_err = None;
-    let addrs: Vec<&String> = rec.addresses.iter().rev().collect();
-    let outcome = super::p2p::runtime()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(async {
-                for addr in addrs {
-                    progress(&format!("connecting to {addr}"));
-                    let conn = mmogit_node::connect(
-                        addr,
-                        identity.clone(),
-                        Some(rec.pubkey),
-                        &super::p2p::client_config(timeout),
-                    )
-                    .await;
-                    let mut conn = match conn {
-                        Ok(c) => c,
-                        Err(
-                            e @ (mmogit_node::NodeError::Unreachable { .. }
-                            | mmogit_node::NodeError::Timeout(_)),
-                        ) => {
-                            last_err = Some(format!("{UNREACHABLE}: {e}"));
-                            continue;
-                        }
-                        Err(e) => return Err(e.to_string()),
-                    };
-                    let out = sync_connection(&mut conn, &cfg, &on_progress).await;
-                    let _ = conn.close("done").await;
-                    return out.map_err(|e| e.to_string());
-                }
-                Err(last_err
-                    .take()
-                    .unwrap_or_else(|| format!("{UNREACHABLE}: no address")))
-            })
-        });
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    match outcome {
-        Err(e) => r.error = Some(e),
-        Ok(out) => {
-            if let Some(rep) = &out.received {
-                r.received = rep.memories_added();
-                r.branches = rep.with_status(IngestStatus::Accepted).count();
-                push_refusals(&mut r, rep);
-                let failed: Vec<String> = rep
-                    .with_status(IngestStatus::Failed)
-                    .map(|b| {
-                        format!(
-                            "users/{}: {}",
-                            b.author.short(12),
-                            b.error.as_deref().unwrap_or("failed")
-                        )
-                    })
-                    .collect();
-                if !failed.is_empty() {
-                    r.error = Some(failed.join("; "));
-                }
-            }
-            if let Some(e) = out.pull_error {
-                r.error = Some(e);
-            }
-            if let Some(s) = &out.sent {
-                r.sent = s.memories as usize;
-                if !s.refused.is_empty() {
-                    r.push_error = Some(format!("the peer refused: {}", s.refused.join("; ")));
-                }
-            }
-            if let Some(e) = out.push_error {
-                r.push_error = Some(e);
-            }
-        }
-    }
-    r
-}
-
-/// Adds the problems of refused branches to `r.refused`.
-fn push_refusals(r: &mut PeerResult, report: &mmogit_store::IngestReport) {
-    for b in report.with_status(IngestStatus::Refused) {
-        for p in &b.problems {
-            r.refused.push(Refusal {
-                branch: p.branch.clone(),
-                reason: p.reason.clone(),
-                memory: p
-                    .memory
-                    .clone()
-                    .or_else(|| p.path.as_deref().and_then(memory_id_of_path)),
-                path: p.path.clone(),
-                commit: p.commit.clone(),
-                evidence: b.evidence.clone(),
-            });
-        }
-    }
-}
-
-/// The URL of a peer's git remote, repairing the remote from peers.json
-/// when it was removed from the repository.
-fn git_source(store: &Store, rec: &PeerRecord) -> anyhow::Result<String> {
-    if let Some(remote) = &rec.git_remote {
-        if let Some(url) = store.remote_url(remote)? {
-            return Ok(url);
-        }
-        if let Some(url) = &rec.git_url {
-            store.set_remote(remote, url)?;
-        }
-    }
-    rec.git_url.clone().ok_or_else(|| {
-        anyhow::anyhow!(
-            "git remote {} is missing and no URL is known: add the peer again",
-            rec.git_remote.as_deref().unwrap_or("?")
-        )
-    })
-}
-
-/// Fetch into quarantine, accept what verifies, push our own branch.
-fn sync_git(
-    store: &Store,
-    me: &PublicKey,
-    rec: &PeerRecord,
-    timeout: Duration,
-    progress: Progress,
-    r: &mut PeerResult,
-) -> anyhow::Result<()> {
-    let url = git_source(store, rec)?;
-    let tag = format!("sync-{}-{}", rec.pubkey.short(8), std::process::id());
-    progress("fetching");
-    let incoming = store.fetch_into_quarantine(&url, &tag, timeout)?;
-    progress("verifying");
-    let report = store.accept_incoming(&tag, &incoming)?;
-    r.received = report.memories_added();
-    r.branches = report.with_status(IngestStatus::Accepted).count();
-    push_refusals(r, &report);
-    let mut failures = Vec::new();
-    for b in report.with_status(IngestStatus::Failed) {
-        failures.push(format!(
-            "users/{}: {}",
-            b.author.short(12),
-            b.error.as_deref().unwrap_or("failed")
-        ));
-    }
-    // Push our own branch when the peer lacks some of it.
-    if let Some(ours) = store.tip(me)? {
-        let theirs = incoming
-            .iter()
-            .find(|(pk, _)| pk == me)
-            .map(|(_, oid)| *oid);
-        let is_ancestor = match theirs {
-            None => true,
-            Some(t) => t == ours || store.git().graph_descendant_of(ours, t).unwrap_or(false),
-        };
-        let missing = store.count_commits(ours, theirs)?;
-        if missing > 0 {
-            progress("pushing");
-            match store.push_branch(&url, me, timeout) {
-                Ok(()) => r.sent = missing,
-                Err(e) => {
-                    let why = if is_ancestor {
-                        format!("{e}")
-                    } else {
-                        "the peer's copy of your branch does not descend from yours".into()
-                    };
-                    r.push_error = Some(format!("push not accepted: {why}"));
-                }
-            }
-        }
-    }
-    if !failures.is_empty() {
-        anyhow::bail!("{}", failures.join("; "));
-    }
-    Ok(())
-}
-
-/// `memories/ab/<id>.json` → `<id>`.
-fn memory_id_of_path(path: &str) -> Option<String> {
-    let id = path.rsplit('/').next()?.strip_suffix(".json")?;
-    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
-}
-
 fn plural(n: usize, one: &str, many: &str) -> String {
     if n == 1 {
         format!("1 {one}")
@@ -566,7 +210,7 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     }
 }
 
-fn print_human(r: &PeerResult) {
+fn print_human(r: &PeerSyncResult) {
     let label = match &r.name {
         Some(n) => format!("{n} ({})", &r.peer[..12]),
         None => r.peer[..12].to_string(),
@@ -641,10 +285,15 @@ struct StatusJson {
 }
 
 fn status(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
-    let me = ctx.home.load_identity()?.public_key();
-    let store = ctx.home.open_store()?;
-    let peers = select_peers(ctx, args.peer.as_deref())?;
-    let state = SyncState::load(&state_path(ctx));
+    let agent = Agent::open(ctx.home.clone())?;
+    let me = agent.identity()?.public_key();
+    let store = agent.store()?;
+    let target = match &args.peer {
+        Some(p) => SyncTarget::Peer(p.clone()),
+        None => SyncTarget::All,
+    };
+    let peers = agent.sync_peers(&target).map_err(usage_exit)?;
+    let state = SyncState::load(&agent.sync_state_path());
     let mut out = Vec::new();
     for rec in &peers {
         let last = state.peers.get(&rec.pubkey.to_hex());
@@ -739,120 +388,4 @@ fn status(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
         println!("{label} via {}: {last}, {behind}{note}", s.via);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-// ---- sync-state.json ------------------------------------------------------
-
-fn state_path(ctx: &Ctx) -> PathBuf {
-    ctx.home.root().join("sync-state.json")
-}
-
-/// The last sync of one peer.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-struct PeerState {
-    /// Unix seconds.
-    last_sync: u64,
-    via: String,
-    outcome: String,
-    received: usize,
-    sent: usize,
-    refused: usize,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    push_error: Option<String>,
-}
-
-/// `<home>/sync-state.json`: `{"version": 1, "peers": {"<key>": PeerState}}`.
-#[derive(Serialize, Deserialize, Debug)]
-struct SyncState {
-    version: u32,
-    peers: BTreeMap<String, PeerState>,
-    #[serde(skip)]
-    path: PathBuf,
-}
-
-impl SyncState {
-    /// Loads the state; a missing or unreadable file is a fresh state (it is
-    /// only a record of past runs).
-    fn load(path: &Path) -> SyncState {
-        let fresh = SyncState {
-            version: 1,
-            peers: BTreeMap::new(),
-            path: path.to_path_buf(),
-        };
-        let data = match std::fs::read(path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return fresh,
-            Err(e) => {
-                tracing::warn!("cannot read {}: {e}; starting a new one", path.display());
-                return fresh;
-            }
-        };
-        match serde_json::from_slice::<SyncState>(&data) {
-            Ok(mut s) if s.version == 1 => {
-                s.path = path.to_path_buf();
-                s
-            }
-            Ok(s) => {
-                tracing::warn!(
-                    "{} has unknown version {}; starting a new one",
-                    path.display(),
-                    s.version
-                );
-                fresh
-            }
-            Err(e) => {
-                tracing::warn!("{} is corrupt ({e}); starting a new one", path.display());
-                fresh
-            }
-        }
-    }
-
-    fn record(&mut self, r: &PeerResult) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        self.peers.insert(
-            r.peer.clone(),
-            PeerState {
-                last_sync: now,
-                via: r.via.to_string(),
-                outcome: r.outcome().to_string(),
-                received: r.received,
-                sent: r.sent,
-                refused: r.refused.len(),
-                error: r.error.clone(),
-                push_error: r.push_error.clone(),
-            },
-        );
-    }
-
-    /// Writes the file atomically: temporary file, fsync, rename.
-    fn save(&self) -> anyhow::Result<()> {
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(".sync-state.json.tmp{}", std::process::id()));
-        let mut json = serde_json::to_vec_pretty(self)?;
-        json.push(b'\n');
-        let res = (|| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &self.path)
-        })();
-        if let Err(e) = res {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("writing {}", self.path.display()));
-        }
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
 }

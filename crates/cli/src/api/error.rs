@@ -1,0 +1,73 @@
+//! The one error type of the API.
+
+use mmogit_identity::IdentityError;
+use mmogit_node::{NodeError, PeerStoreError};
+use mmogit_store::StoreError;
+
+use crate::HomeError;
+
+/// Everything an API call can fail with. The display of the wrapped errors
+/// is their own (the same lines the CLI prints).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The home: no identity (`mmogit init`), unknown or ambiguous key...
+    #[error(transparent)]
+    Home(#[from] HomeError),
+    /// The key file or a key.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The memory repository; [`StoreError::InvalidMemory`] and
+    /// [`StoreError::InvalidQuery`] are the caller's mistakes.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Writing a signed memory to the branch failed.
+    #[error("storing the memory")]
+    Write(#[source] StoreError),
+    /// The network: unreachable, timeout, not authorized, wrong key...
+    #[error(transparent)]
+    Node(Box<NodeError>),
+    /// The peer store (`peers.json`): unknown or ambiguous peer...
+    #[error(transparent)]
+    Peers(#[from] PeerStoreError),
+    /// A bad argument (the message says which and why).
+    #[error("{0}")]
+    Usage(String),
+    /// A peer or remote could not be reached (git URL, address).
+    #[error("{0}")]
+    Unreachable(String),
+    /// Something else (an I/O error, a task that died...).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// Whether the caller's input was at fault (bad argument, unknown key,
+    /// invalid memory or query) rather than the machine or the network.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Error::Usage(_)
+                | Error::Store(StoreError::InvalidMemory(_) | StoreError::InvalidQuery(_))
+                | Error::Home(
+                    HomeError::BadKey(_)
+                        | HomeError::UnknownKey { .. }
+                        | HomeError::AmbiguousKey { .. }
+                )
+                | Error::Peers(
+                    PeerStoreError::NotFound(_)
+                        | PeerStoreError::Ambiguous { .. }
+                        | PeerStoreError::PrefixTooShort(_)
+                )
+        )
+    }
+}
+
+impl From<NodeError> for Error {
+    fn from(e: NodeError) -> Self {
+        Error::Node(Box::new(e))
+    }
+}
+
+/// `Result` with the API's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,23 @@
+//! The embeddable API: everything the `mmogit` command does, as library calls.
+//!
+//! - [`Agent`]: one agent's home (identity, memory repository, peers) —
+//!   [`remember`](Agent::remember), [`recall`](Agent::recall),
+//!   [`search`](Agent::search), [`sync`](Agent::sync), peer trust;
+//! - [`P2PServer`]: run this agent's node (what `mmogit serve` runs) and
+//!   watch its [`Event`]s, memories received included;
+//! - [`connect_to_peer`] and [`Discovery::add_peer`]: reach and trust peers
+//!   (what `mmogit p2p connect` and `mmogit p2p add` do).
+//!
+//! The CLI is built on these same calls.
+
+mod agent;
+mod discovery;
+mod error;
+mod server;
+pub mod sync;
+
+pub use agent::Agent;
+pub use discovery::{connect_to_peer, Discovery, PeerAdded};
+pub use error::{Error, Result};
+pub use server::{Event, Events, P2PServer, ServerHandle};
+pub use sync::{PeerSyncResult, Refusal, SyncOptions, SyncProgress, SyncTarget};
