@@ -239,6 +239,11 @@ fn hostile_trusted_peer_is_refused_and_others_still_served() {
         "rewritten history refused: {s:?}"
     );
     assert_eq!(tip_of(&vrepo, &xpk), good_tip);
+    let evidence = git(&vrepo, &["for-each-ref", "refs/mmogit/evidence/"]);
+    assert!(
+        evidence.contains(&rewritten),
+        "the rewritten tip is kept as evidence: {evidence:?}"
+    );
 
     // 3. Memories in someone else's name: the hostile peer's own commits
     // offered as the honest peer's branch.
