@@ -44,6 +44,7 @@ pub enum Command {
     Serve(cmd::serve::Args),
     P2p(cmd::p2p::Args),
     Sync(cmd::sync::Args),
+    Mcp(cmd::mcp::Args),
 }
 
 /// What every command gets besides its own arguments.
@@ -104,6 +105,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::P2p(a) => cmd::p2p::run(&ctx, a),
         Command::Sync(a) => cmd::sync::run(&ctx, a),
+        Command::Mcp(a) => cmd::mcp::run(&ctx, a),
     };
     match res {
         Ok(code) => code,

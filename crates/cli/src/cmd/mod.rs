@@ -2,6 +2,7 @@
 
 pub mod import;
 pub mod init;
+pub mod mcp;
 pub mod p2p;
 pub mod post;
 pub mod recall;
