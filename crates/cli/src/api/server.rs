@@ -45,7 +45,10 @@ pub enum Event {
         reason: String,
     },
     /// Memories from `from` passed the verified-ingest gate and are now in
-    /// the repository (each one verified again as it is listed here).
+    /// the repository (each one verified again as it is listed here). The
+    /// list is what other authors' branches gained since the previous such
+    /// event, so memories that another process's `sync` brought in between
+    /// are listed here too.
     MemoriesReceived {
         /// The peer that sent them (not necessarily their author: memories relay).
         from: PublicKey,
