@@ -100,7 +100,12 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             rcfg.chunk_size = usize::try_from(c).unwrap_or(usize::MAX);
         }
         let mut node = Node::new(identity.clone(), config, policy);
-        if let Some(d) = lan_discovery(args.no_mdns) {
+        // A node listening on loopback cannot be reached from the LAN: announcing it there is pointless.
+        let loopback = args.listen.ip().is_loopback();
+        if loopback && !args.no_mdns {
+            info!("listening on loopback only: mDNS off");
+        }
+        if let Some(d) = lan_discovery(args.no_mdns || loopback) {
             node = node.with_discovery(d, args.mdns_private);
         }
         let node = node
