@@ -38,6 +38,11 @@ impl Reply {
         &self.peer
     }
 
+    /// Whether both handles send on the same session (a reconnect makes a new one).
+    pub fn same_session(&self, other: &Reply) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
     /// Queues `msg`, waiting at most `timeout` for room in the session's queue.
     pub async fn send(&self, msg: Message, timeout: Duration) -> Result<(), SendError> {
         match tokio::time::timeout(timeout, self.tx.send(msg)).await {

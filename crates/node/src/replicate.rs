@@ -496,8 +496,9 @@ struct PeerState {
     deferred: Vec<(MemoryRequest, Reply)>,
     /// An announce arrived while busy: pull again when idle.
     want_pull: Option<Reply>,
-    /// Tips last announced to this peer.
-    announced: Option<Vec<BranchTip>>,
+    /// Tips last announced to this peer, and on which session: a peer that
+    /// reconnected (e.g. restarted) between two ticks must hear them again.
+    announced: Option<(Reply, Vec<BranchTip>)>,
 }
 
 /// An ingest finished: peer, pull id, outcome, the session, transfer id.
@@ -613,19 +614,21 @@ impl Replicator {
         };
         for pk in connected {
             let st = self.peers.entry(pk).or_default();
-            if st.announced.as_ref() == Some(&tips) {
-                continue;
-            }
             let Some(reply) = node.session(&pk) else {
                 continue;
             };
+            if let Some((r, t)) = &st.announced {
+                if r.same_session(&reply) && *t == tips {
+                    continue;
+                }
+            }
             let msg = Message::MemoryResponse(MemoryResponse {
                 tips: Some(tips.clone()),
                 ..Default::default()
             });
             // Never wait long here: a busy session gets the announce later.
             if reply.send(msg, Duration::from_millis(50)).await.is_ok() {
-                st.announced = Some(tips.clone());
+                st.announced = Some((reply, tips.clone()));
                 debug!(peer = %pk.short(12), branches = tips.len(), "announced tips");
             }
         }
@@ -869,6 +872,10 @@ impl Replicator {
 
     async fn fail_pull(&mut self, peer: PublicKey, reason: String) {
         warn!(peer = %peer.short(12), %reason, "transfer failed; nothing applied");
+        // Drop the partial transfer (its temporary file) before telling anyone.
+        if let Some(st) = self.peers.get_mut(&peer) {
+            st.pull = None;
+        }
         self.emit(ReplicationEvent::PullFailed { peer, reason });
         self.finish_pull(peer).await;
     }

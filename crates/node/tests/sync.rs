@@ -437,8 +437,20 @@ async fn bad_hash_is_refused_and_nothing_applied() {
     );
     assert!(a.store().branches().unwrap().is_empty());
     let incoming = a.repo.join(mmogit_store::INCOMING_DIR);
-    let left = std::fs::read_dir(&incoming).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(left, 0, "temporary file removed");
+    let names = || -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(&incoming)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !names().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        names(),
+        Vec::<std::ffi::OsString>::new(),
+        "temporary file removed"
+    );
     let _ = std::fs::remove_dir_all(a.repo.parent().unwrap());
 }
 
