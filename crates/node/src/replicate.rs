@@ -485,6 +485,8 @@ struct Pull {
     id: u64,
     incoming: Option<Incoming>,
     started: Instant,
+    /// The session the chunks come on: when it closes, the pull is over.
+    session: Reply,
 }
 
 #[derive(Default)]
@@ -574,7 +576,8 @@ impl Replicator {
     }
 
     async fn on_tick(&mut self, node: &NodeSender) {
-        // Abandon stalled pulls.
+        // Abandon stalled pulls, and pulls whose session closed (the peer
+        // restarted or the link dropped: a new session pulls afresh).
         let timeout = self.cfg.transfer_timeout;
         let mut failed = vec![];
         for (pk, st) in self.peers.iter_mut() {
@@ -584,18 +587,30 @@ impl Replicator {
                     .as_ref()
                     .map(|i| i.last_progress)
                     .unwrap_or(p.started);
-                if last.elapsed() > timeout {
-                    st.pull = None;
-                    failed.push(*pk);
-                }
+                let reason = if p.session.is_closed() {
+                    "session closed"
+                } else if last.elapsed() > timeout {
+                    "no progress"
+                } else {
+                    continue;
+                };
+                st.pull = None;
+                failed.push((*pk, reason));
             }
         }
-        for pk in failed {
-            warn!(peer = %pk.short(12), "pull abandoned: no progress");
+        for (pk, reason) in failed {
+            warn!(peer = %pk.short(12), reason, "pull abandoned; nothing applied");
             self.emit(ReplicationEvent::PullFailed {
                 peer: pk,
-                reason: "no progress".into(),
+                reason: reason.into(),
             });
+            // A peer still connected on a new session is pulled from again.
+            if let Some(st) = self.peers.get_mut(&pk) {
+                if st.want_pull.as_ref().is_some_and(|r| r.is_closed()) {
+                    st.want_pull = None;
+                }
+                st.announced = None;
+            }
             self.after_pull(pk).await;
         }
         let connected = node.connected();
@@ -798,6 +813,7 @@ impl Replicator {
             id,
             incoming: None,
             started: Instant::now(),
+            session: reply,
         });
     }
 
