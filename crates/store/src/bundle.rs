@@ -132,13 +132,7 @@ impl Store {
         max_size: u64,
     ) -> Result<Option<Bundle>, BundleError> {
         let repo = self.git();
-        let mut known: Vec<Oid> = have
-            .iter()
-            .map(|(_, oid)| *oid)
-            .filter(|oid| repo.find_commit(*oid).is_ok())
-            .collect();
-        known.sort();
-        known.dedup();
+        let known = self.known_commits(have);
         let have_tip = |pk: &PublicKey| have.iter().find(|(k, _)| k == pk).map(|(_, o)| *o);
         let mut branches = Vec::new();
         for (pk, tip) in self.branches()? {

@@ -152,6 +152,22 @@ impl GitOutput {
     }
 }
 
+impl Store {
+    /// The tips the other side says it has that are commits we hold, sorted
+    /// and without duplicates: what a bundle for it may leave out.
+    pub(crate) fn known_commits(&self, have: &[(PublicKey, Oid)]) -> Vec<Oid> {
+        let repo = self.git();
+        let mut known: Vec<Oid> = have
+            .iter()
+            .map(|(_, oid)| *oid)
+            .filter(|oid| repo.find_commit(*oid).is_ok())
+            .collect();
+        known.sort();
+        known.dedup();
+        known
+    }
+}
+
 fn check_tag(tag: &str) -> Result<(), StoreError> {
     let ok = !tag.is_empty()
         && tag.len() <= 64
@@ -296,6 +312,12 @@ impl Store {
                     Ok(()) => n += 1,
                     // Another process removed it first.
                     Err(e) if e.code() == ErrorCode::NotFound => {}
+                    // Locked: another ingest is writing it, or one that was
+                    // killed left its lock. Scratch refs only: leave it
+                    // rather than fail every ingest from now on.
+                    Err(e) if e.code() == ErrorCode::Locked => {
+                        tracing::debug!(refname = %name, "left a locked quarantine ref");
+                    }
                     Err(e) => return Err(e.into()),
                 },
                 Err(e) if e.code() == ErrorCode::NotFound => {}
@@ -592,13 +614,7 @@ impl Store {
         timeout: Duration,
     ) -> Result<Option<BundleInfo>, StoreError> {
         let repo = self.git();
-        let mut known: Vec<Oid> = have
-            .iter()
-            .map(|(_, oid)| *oid)
-            .filter(|oid| repo.find_commit(*oid).is_ok())
-            .collect();
-        known.sort();
-        known.dedup();
+        let known = self.known_commits(have);
         let mut branches = Vec::new();
         let mut commits = 0;
         for (pk, tip) in self.branches()? {
