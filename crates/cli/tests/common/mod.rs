@@ -220,7 +220,6 @@ pub struct Serve {
 impl Serve {
     /// Starts `serve` in `home` on 127.0.0.1 (port 0 unless `extra` has --listen).
     pub fn start(home: &TestHome, extra: &[&str]) -> Serve {
-        use std::io::BufRead;
         let stderr_path = home
             .home
             .with_extension(format!("serve-{}.log", std::process::id()));
@@ -238,16 +237,7 @@ impl Serve {
             .stderr(log)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(20))
-            .expect("serve printed its address");
+        let line = first_stdout_line(&mut child);
         let addr = line
             .strip_prefix("listening on ")
             .and_then(|r| r.split_whitespace().next())
@@ -301,4 +291,19 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     f()
+}
+
+/// The first line a `serve` child prints on stdout (`listening on <addr> as
+/// <pubkey>`), waiting at most 20 s. The child's stdout must be piped.
+pub fn first_stdout_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .expect("serve printed its address")
 }
