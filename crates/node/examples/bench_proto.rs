@@ -86,6 +86,8 @@ async fn run() {
         max_per_ip: 10_000,
         idle_timeout: Duration::from_secs(600),
         heartbeat_interval: Duration::from_secs(600),
+        // The bench opens thousands of connections from one address.
+        inbound_rate: None,
         ..NodeConfig::default()
     };
     let node = Node::new(server_id.clone(), config, Arc::new(|_: &_, _| true))

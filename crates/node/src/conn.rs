@@ -17,7 +17,9 @@ const READ_CHUNK: usize = 4096;
 
 pub(crate) struct Conn {
     pub stream: TcpStream,
-    pub session: Session,
+    /// Boxed: connection futures move `Conn` around, and every copy of a
+    /// 776-byte session would stay in the task's future (idle memory).
+    pub session: Box<Session>,
     pub write_timeout: Duration,
 }
 
@@ -35,7 +37,7 @@ impl Conn {
     pub fn new(stream: TcpStream, session: Session, write_timeout: Duration) -> Conn {
         Conn {
             stream,
-            session,
+            session: Box::new(session),
             write_timeout,
         }
     }

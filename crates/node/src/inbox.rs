@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use mmogit_identity::PublicKey;
 use mmogit_proto::Message;
-use tokio::sync::mpsc;
 
 use crate::server::{SendError, Shared, SEND_QUEUE};
 
@@ -25,11 +24,11 @@ pub struct Inbound {
 #[derive(Debug, Clone)]
 pub struct Reply {
     peer: PublicKey,
-    tx: mpsc::Sender<Message>,
+    tx: crate::server::SessionTx,
 }
 
 impl Reply {
-    pub(crate) fn new(peer: PublicKey, tx: mpsc::Sender<Message>) -> Reply {
+    pub(crate) fn new(peer: PublicKey, tx: crate::server::SessionTx) -> Reply {
         Reply { peer, tx }
     }
 
@@ -45,7 +44,7 @@ impl Reply {
 
     /// Queues `msg`, waiting at most `timeout` for room in the session's queue.
     pub async fn send(&self, msg: Message, timeout: Duration) -> Result<(), SendError> {
-        match tokio::time::timeout(timeout, self.tx.send(msg)).await {
+        match tokio::time::timeout(timeout, self.tx.send(Box::new(msg))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(SendError::Closed(self.peer.short(12))),
             Err(_) => Err(SendError::Closed(format!(

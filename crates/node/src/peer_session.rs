@@ -40,7 +40,7 @@ async fn handle_message(
     pk: &PublicKey,
     addr: SocketAddr,
     m: Message,
-    reply: &mpsc::Sender<Message>,
+    reply: &crate::server::SessionTx,
 ) {
     if let Some(inbox) = &shared.inbox {
         let inbound = crate::inbox::Inbound {
@@ -87,7 +87,7 @@ pub(crate) async fn drive(
 ) -> Ended {
     let pk = info.pubkey;
     let who = pk.short(12);
-    let (tx, mut rx) = mpsc::channel::<Message>(SEND_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Box<Message>>(SEND_QUEUE);
     let reply_tx = tx.clone();
     let ctl = Arc::new(SessionCtl::default());
     // A peer session is one with a node: outbound, or inbound from an
@@ -108,8 +108,7 @@ pub(crate) async fn drive(
         Err(()) => {
             info!(%addr, peer = %who, %direction, "duplicate session closed; keeping the other one");
             conn.session.close(Instant::now(), DUPLICATE_SESSION);
-            conn.finish(shared.config.frame_timeout.min(Duration::from_secs(2)))
-                .await;
+            Box::pin(conn.finish(shared.config.frame_timeout.min(Duration::from_secs(2)))).await;
             return Ended::Duplicate;
         }
     };
@@ -120,7 +119,7 @@ pub(crate) async fn drive(
     info!(%addr, peer = %who, agent = %info.agent, version = info.version, %direction, kind, "peer connected");
     shared.emit(NodeEvent::PeerConnected { pubkey: pk, addr });
     for m in inbox {
-        handle_message(&mut conn, &shared, &pk, addr, m, &reply_tx).await;
+        Box::pin(handle_message(&mut conn, &shared, &pk, addr, m, &reply_tx)).await;
     }
     let keepalive = shared
         .session_config
@@ -156,11 +155,11 @@ pub(crate) async fn drive(
                     }
                 }
                 Event::Message(m) => {
-                    handle_message(&mut conn, &shared, &pk, addr, m, &reply_tx).await
+                    Box::pin(handle_message(&mut conn, &shared, &pk, addr, m, &reply_tx)).await
                 }
                 Event::Closed(r) => {
                     let remote = !matches!(r, CloseReason::Local(_));
-                    conn.finish(shared.config.frame_timeout.min(Duration::from_secs(2)))
+                    Box::pin(conn.finish(shared.config.frame_timeout.min(Duration::from_secs(2))))
                         .await;
                     break 'conn (close_text(r), remote);
                 }
@@ -185,7 +184,7 @@ pub(crate) async fn drive(
             m = rx.recv(), if rx_open && !shutting_down => match m {
                 Some(m) => {
                     let t = m.msg_type();
-                    if let Err(e) = conn.session.send(Instant::now(), m) {
+                    if let Err(e) = conn.session.send(Instant::now(), *m) {
                         warn!(%addr, peer = %who, msg_type = %t, error = %e, "cannot send message");
                     }
                 }

@@ -10,9 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mmogit_identity::PublicKey;
-use mmogit_proto::Message;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backoff::{Backoff, DialSchedule};
@@ -133,7 +132,7 @@ struct Live {
     direction: Direction,
     addr: SocketAddr,
     since: SystemTime,
-    tx: mpsc::Sender<Message>,
+    tx: crate::server::SessionTx,
     ctl: Arc<SessionCtl>,
 }
 
@@ -242,7 +241,7 @@ impl Registry {
         peer: PublicKey,
         direction: Direction,
         addr: SocketAddr,
-        tx: mpsc::Sender<Message>,
+        tx: crate::server::SessionTx,
         ctl: Arc<SessionCtl>,
     ) -> Result<u64, ()> {
         let now = Instant::now();
@@ -352,7 +351,7 @@ impl Registry {
     }
 
     /// The sender of the peer's session.
-    pub fn sender(&self, peer: &PublicKey) -> Option<mpsc::Sender<Message>> {
+    pub fn sender(&self, peer: &PublicKey) -> Option<crate::server::SessionTx> {
         self.lock()
             .peers
             .get(peer)
@@ -642,7 +641,7 @@ mod tests {
             },
         );
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let c1 = Arc::new(SessionCtl::default());
         let id1 = r
             .register(them, Direction::Inbound, addr, tx.clone(), c1.clone())
