@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mmogit_identity::Identity;
-use mmogit_node::{connect, ClientConfig, Node, NodeConfig};
+use mmogit_node::{connect, ClientConfig, Node, NodeConfig, NodeHandle};
 
 const IDLE_CONNS: usize = 2000;
 
@@ -24,6 +24,21 @@ fn rss_kib() -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// CPU time (user + system) of this process so far, from /proc/self/stat.
+fn cpu_time() -> Duration {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let ticks = f.iter().sum::<u64>();
+    Duration::from_millis(ticks * 10)
 }
 
 fn client_config() -> ClientConfig {
@@ -66,20 +81,33 @@ async fn clients(addr: String, n: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     if args.len() == 4 && args[1] == "--clients" {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(clients(args[2].clone(), args[3].parse().unwrap()));
         return;
     }
-    rt.block_on(run());
+    // The node and the client each get their own runtime (their own I/O
+    // driver and threads), as two processes would: in one shared runtime a
+    // worker busy verifying delays the other side's wake-ups until it
+    // yields, which turns the pipeline into strict turns.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("node")
+        .build()
+        .unwrap();
+    let server_id = Arc::new(Identity::from_secret_bytes(&[1; 32]));
+    let node = server_rt.block_on(start_node(server_id.clone()));
+    let client_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    client_rt.block_on(run(node, server_id));
 }
 
-async fn run() {
-    let server_id = Arc::new(Identity::from_secret_bytes(&[1; 32]));
-    let client_id = Arc::new(Identity::from_secret_bytes(&[2; 32]));
+async fn start_node(server_id: Arc<Identity>) -> NodeHandle {
     let config = NodeConfig {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         max_inbound: 10_000,
@@ -90,10 +118,14 @@ async fn run() {
         inbound_rate: None,
         ..NodeConfig::default()
     };
-    let node = Node::new(server_id.clone(), config, Arc::new(|_: &_, _| true))
+    Node::new(server_id, config, Arc::new(|_: &_, _| true))
         .start()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+async fn run(node: NodeHandle, server_id: Arc<Identity>) {
+    let client_id = Arc::new(Identity::from_secret_bytes(&[2; 32]));
     let addr = node.local_addr().to_string();
     let cc = client_config();
 
@@ -119,7 +151,9 @@ async fn run() {
     single.sort();
     c.ping_pipelined(2000, 64).await.unwrap();
     let n = 30_000;
+    let cpu0 = cpu_time();
     let t = c.ping_pipelined(n, 64).await.unwrap();
+    let cpu = cpu_time() - cpu0;
     let pings_per_s = n as f64 / t.as_secs_f64();
     c.close("bench").await.unwrap();
 
@@ -182,6 +216,12 @@ async fn run() {
         "pipelined signed Ping/Pong (window 64): {:.0} round trips/s = {:.0} signed messages/s",
         pings_per_s,
         2.0 * pings_per_s
+    );
+    println!(
+        "  cpu {:.2} s for {:.2} s of wall time ({:.0} µs of cpu per round trip, both ends)",
+        cpu.as_secs_f64(),
+        t.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / n as f64
     );
     println!("raw Ed25519 verify (1 core): {:.0}/s", verify_per_s);
     println!(

@@ -21,6 +21,9 @@ pub(crate) struct Conn {
     /// 776-byte session would stay in the task's future (idle memory).
     pub session: Box<Session>,
     pub write_timeout: Duration,
+    /// A frame the socket took only part of in a non-blocking write, and
+    /// how much of it is written; finished before any other frame.
+    partial: Option<(Vec<u8>, usize)>,
 }
 
 /// What woke [`Conn::wait`].
@@ -38,12 +41,22 @@ impl Conn {
         Conn {
             stream,
             session: Box::new(session),
+            partial: None,
             write_timeout,
         }
     }
 
     /// Writes every queued frame, each with one `write_all`.
     pub async fn flush(&mut self) -> Result<(), NodeError> {
+        if let Some((frame, done)) = self.partial.take() {
+            match tokio::time::timeout(self.write_timeout, self.stream.write_all(&frame[done..]))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(NodeError::Io(e)),
+                Err(_) => return Err(NodeError::Timeout("writing to peer".into())),
+            }
+        }
         while let Some(frame) = self.session.poll_transmit() {
             match tokio::time::timeout(self.write_timeout, self.stream.write_all(&frame)).await {
                 Ok(Ok(())) => {}
@@ -82,7 +95,7 @@ impl Conn {
             _ = cancelled => Ok(Wake::Cancelled),
             r = self.stream.readable() => {
                 r?;
-                read_into(&self.stream, &mut self.session)?;
+                self.read_into()?;
                 Ok(Wake::Input)
             }
             _ = sleep => {
@@ -102,27 +115,66 @@ impl Conn {
     }
 }
 
-/// Reads what is available into a stack buffer and feeds the session.
-fn read_into(stream: &TcpStream, session: &mut Session) -> Result<(), NodeError> {
-    let mut buf = [0u8; READ_CHUNK];
-    // A few reads per wake at most, so one busy peer cannot starve the timer.
-    for _ in 0..16 {
-        match stream.try_read(&mut buf) {
-            Ok(0) => {
-                session.handle_eof(Instant::now());
-                return Ok(());
-            }
-            Ok(n) => {
-                // Errors close the session and surface as its Closed event.
-                let _ = session.handle_input(Instant::now(), &buf[..n]);
-                if session.is_closed() || n < READ_CHUNK {
+impl Conn {
+    /// Reads what is available into a stack buffer and feeds the session,
+    /// writing its replies as they are produced (never waiting: what the
+    /// socket does not take now is left for [`Conn::flush`]).
+    fn read_into(&mut self) -> Result<(), NodeError> {
+        let mut buf = [0u8; READ_CHUNK];
+        // A few reads per wake at most, so one busy peer cannot starve the timer.
+        for _ in 0..16 {
+            match self.stream.try_read(&mut buf) {
+                Ok(0) => {
+                    self.session.handle_eof(Instant::now());
                     return Ok(());
                 }
+                Ok(n) => {
+                    // Errors close the session and surface as its Closed event.
+                    let _ = self.session.handle_input(Instant::now(), &buf[..n]);
+                    if self.session.is_closed() {
+                        return Ok(());
+                    }
+                    // Replies to this chunk (e.g. Pongs) go out before the
+                    // next chunk is worked on, so the peer can process them
+                    // meanwhile: both ends busy instead of taking turns.
+                    self.try_flush()?;
+                    if n < READ_CHUNK {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(NodeError::Io(e)),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(NodeError::Io(e)),
+        }
+        Ok(())
+    }
+
+    /// Writes queued frames while the socket takes them without blocking.
+    fn try_flush(&mut self) -> Result<(), NodeError> {
+        loop {
+            let (frame, done) = match self.partial.take() {
+                Some(p) => p,
+                None => match self.session.poll_transmit() {
+                    Some(f) => (f, 0),
+                    None => return Ok(()),
+                },
+            };
+            match self.stream.try_write(&frame[done..]) {
+                Ok(n) if done + n == frame.len() => {}
+                Ok(n) => {
+                    self.partial = Some((frame, done + n));
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.partial = Some((frame, done));
+                    return Ok(());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    self.partial = Some((frame, done));
+                }
+                Err(e) => return Err(NodeError::Io(e)),
+            }
         }
     }
-    Ok(())
 }

@@ -210,6 +210,8 @@ pub struct Session {
     session_id: Option<[u8; 32]>,
     send_seq: u64,
     recv_seq: u64,
+    /// Frames whose signatures were checked in a batch (the rest one by one).
+    batch_verified: u64,
     transmit: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
     created: Instant,
@@ -369,6 +371,7 @@ impl Session {
             session_id: None,
             send_seq: 0,
             recv_seq: 0,
+            batch_verified: 0,
             transmit,
             events: VecDeque::new(),
             created: now,
@@ -417,6 +420,13 @@ impl Session {
         f
     }
 
+    /// How many received frames had their signatures checked in a batch
+    /// (frames that arrived together on an established session) rather
+    /// than one by one. For statistics and tests.
+    pub fn batch_verified_frames(&self) -> u64 {
+        self.batch_verified
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
         let e = self.events.pop_front();
@@ -435,14 +445,29 @@ impl Session {
             return Ok(());
         }
         self.last_recv = now;
-        while !self.is_closed() {
-            let body = match self.decoder.decode(&mut data) {
-                Ok(Some(body)) => body,
+        // Every frame completed by this input, then the first decoding error
+        // (if any): frames before the error are processed first, as if they
+        // had arrived alone.
+        let mut bodies = Vec::new();
+        let mut decode_error = None;
+        loop {
+            match self.decoder.decode(&mut data) {
+                Ok(Some(body)) => bodies.push(body),
                 Ok(None) => break,
-                Err(e) => return self.fail(now, e),
-            };
+                Err(e) => {
+                    decode_error = Some(e);
+                    break;
+                }
+            }
+        }
+        if !bodies.is_empty() {
             self.frame_started = None;
-            if let Err(e) = self.on_frame(now, &body) {
+        }
+        if let Err(e) = self.on_frames(now, bodies) {
+            return self.fail(now, e);
+        }
+        if let Some(e) = decode_error {
+            if !self.is_closed() {
                 return self.fail(now, e);
             }
         }
@@ -649,8 +674,92 @@ impl Session {
         Ok(())
     }
 
-    fn on_frame(&mut self, now: Instant, body: &[u8]) -> Result<(), ProtoError> {
-        let raw = RawMessage::from_body(body)?;
+    /// Processes complete frames in order, stopping when the session closes.
+    /// On an established session, a run of two or more signed frames is
+    /// verified as one batch (about twice as fast per signature); if the
+    /// batch fails, the same frames are verified one by one, so every frame
+    /// before the bad one is processed exactly as it would have been alone.
+    fn on_frames(&mut self, now: Instant, bodies: Vec<Vec<u8>>) -> Result<(), ProtoError> {
+        let mut bodies = bodies.into_iter().peekable();
+        while let Some(body) = bodies.next() {
+            if self.is_closed() {
+                break;
+            }
+            let raw = RawMessage::from_body(&body)?;
+            if !self.is_established() || raw.msg_type == MsgType::Hello || bodies.peek().is_none() {
+                self.on_raw(now, raw)?;
+                continue;
+            }
+            // A run of signed frames: this one and the ones that follow,
+            // up to one that does not parse or is a Hello (handled alone).
+            let mut run = vec![raw];
+            let mut rest = None;
+            for body in bodies.by_ref() {
+                match RawMessage::from_body(&body) {
+                    Ok(r) if r.msg_type != MsgType::Hello => run.push(r),
+                    other => {
+                        rest = Some(other);
+                        break;
+                    }
+                }
+            }
+            if self.verify_run(&run) {
+                self.batch_verified += run.len() as u64;
+                for raw in run {
+                    if self.is_closed() {
+                        return Ok(());
+                    }
+                    self.recv_seq = self
+                        .recv_seq
+                        .checked_add(1)
+                        .ok_or(ProtoError::SequenceExhausted)?;
+                    self.on_verified(now, raw)?;
+                }
+            } else {
+                for raw in run {
+                    if self.is_closed() {
+                        return Ok(());
+                    }
+                    self.on_raw(now, raw)?;
+                }
+            }
+            match rest {
+                Some(_) if self.is_closed() => break,
+                Some(r) => self.on_raw(now, r?)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Batch-verifies a run of frames of an established session against
+    /// the sequence numbers they must carry (the next ones expected).
+    fn verify_run(&self, run: &[RawMessage]) -> bool {
+        let sid = self.session_id.expect("session id exists after Hello");
+        let peer_key = self.peer.as_ref().expect("peer exists after Hello").pubkey;
+        let mut signed = Vec::with_capacity(run.len());
+        for (i, raw) in run.iter().enumerate() {
+            let Some(seq) = self.recv_seq.checked_add(i as u64) else {
+                return false;
+            };
+            signed.push(signed_bytes(
+                &sid,
+                self.role.peer(),
+                seq,
+                raw.msg_type,
+                &raw.payload,
+            ));
+        }
+        let messages: Vec<&[u8]> = signed.iter().map(Vec::as_slice).collect();
+        let signatures: Vec<Signature> = run
+            .iter()
+            .map(|r| Signature::from_bytes(&r.signature))
+            .collect();
+        let keys = vec![peer_key; run.len()];
+        mmogit_identity::verify_batch(&messages, &signatures, &keys).is_ok()
+    }
+
+    fn on_raw(&mut self, now: Instant, raw: RawMessage) -> Result<(), ProtoError> {
         if matches!(self.state, State::AwaitHello) {
             if raw.msg_type != MsgType::Hello {
                 return Err(ProtoError::UnexpectedMessage {
@@ -685,6 +794,11 @@ impl Session {
             .recv_seq
             .checked_add(1)
             .ok_or(ProtoError::SequenceExhausted)?;
+        self.on_verified(now, raw)
+    }
+
+    /// A frame whose signature was verified (its sequence number counted).
+    fn on_verified(&mut self, now: Instant, raw: RawMessage) -> Result<(), ProtoError> {
         let msg = Message::decode_payload(raw.msg_type, &raw.payload)?;
         if let Message::Bye(b) = msg {
             self.state = State::Closed;

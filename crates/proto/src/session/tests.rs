@@ -432,6 +432,174 @@ fn frame_signed_by_someone_else_or_tampered_fails() {
     assert!(bye_reason(&out).unwrap().starts_with("protocol error"));
 }
 
+/// Frames the session queued, as (type, payload) pairs.
+fn sent(s: &mut Session) -> Vec<(MsgType, Vec<u8>)> {
+    std::iter::from_fn(|| s.poll_transmit())
+        .map(|f| {
+            let raw = RawMessage::from_body(&f[4..]).unwrap();
+            (raw.msg_type, raw.payload)
+        })
+        .collect()
+}
+
+/// `n` Pings from the initiator, their frames concatenated.
+fn pings(p: &mut Pair, n: u8) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|k| {
+            p.i.send_ping(p.now, &[k]).unwrap();
+            p.i.poll_transmit().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn frames_arriving_together_are_verified_together_and_answered_in_order() {
+    let mut p = established();
+    let mut frames = pings(&mut p, 20);
+    p.i.send(
+        p.now,
+        Message::MemoryRequest(MemoryRequest {
+            id: 9,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    frames.push(p.i.poll_transmit().unwrap());
+    frames.extend(pings(&mut p, 3));
+    p.a.handle_input(p.now, &frames.concat()).unwrap();
+    assert_eq!(p.a.batch_verified_frames(), 24);
+    let out = sent(&mut p.a);
+    let payloads: Vec<Vec<u8>> = out.iter().map(|(_, pl)| pl.clone()).collect();
+    let expected: Vec<Vec<u8>> = (0..20u8).chain(0..3).map(|k| vec![k]).collect();
+    assert!(out.iter().all(|(t, _)| *t == MsgType::Pong));
+    assert_eq!(payloads, expected);
+    let events: Vec<Event> = std::iter::from_fn(|| p.a.poll_event()).collect();
+    assert!(matches!(&events[..], [Event::Message(Message::MemoryRequest(r))] if r.id == 9));
+    // The sequence numbers moved on: the next frames still verify, alone or together.
+    let more = pings(&mut p, 2);
+    p.a.handle_input(p.now, &more.concat()).unwrap();
+    let one = pings(&mut p, 1);
+    p.a.handle_input(p.now, &one[0]).unwrap();
+    assert_eq!(sent(&mut p.a).len(), 3);
+    assert_eq!(p.a.batch_verified_frames(), 26);
+    assert!(p.a.is_established());
+}
+
+#[test]
+fn a_bad_frame_among_frames_that_arrive_together() {
+    // Tampered, reordered, duplicated or foreign-signed: the frames before
+    // it are processed as if they came alone, nothing after it is.
+    type Corrupt = fn(&mut Pair, Vec<Vec<u8>>) -> Vec<Vec<u8>>;
+    let cases: Vec<(&str, Corrupt)> = vec![
+        ("tampered", |_, mut f| {
+            let mut raw = RawMessage::from_body(&f[3][4..]).unwrap();
+            raw.signature[10] ^= 0x40;
+            f[3] = raw.to_frame().unwrap();
+            f
+        }),
+        ("reordered", |_, mut f| {
+            f.swap(3, 4);
+            f
+        }),
+        ("duplicated", |_, mut f| {
+            f[3] = f[2].clone();
+            f
+        }),
+        ("foreign", |p, mut f| {
+            let sid = *p.i.session_id().unwrap();
+            let seq = p.i.send_seq - 3;
+            let sig = id(7).sign(&signed_bytes(
+                &sid,
+                Role::Initiator,
+                seq,
+                MsgType::Ping,
+                &[3],
+            ));
+            f[3] = encode_frame(MsgType::Ping, &[3], &sig.to_bytes()).unwrap();
+            f
+        }),
+    ];
+    for (name, corrupt) in cases {
+        let mut p = established();
+        let frames = pings(&mut p, 6);
+        let frames = corrupt(&mut p, frames);
+        let r = p.a.handle_input(p.now, &frames.concat());
+        assert!(
+            matches!(r, Err(ProtoError::BadSignature { .. })),
+            "{name}: {r:?}"
+        );
+        let out = sent(&mut p.a);
+        let pongs: Vec<&Vec<u8>> = out
+            .iter()
+            .filter(|(t, _)| *t == MsgType::Pong)
+            .map(|(_, pl)| pl)
+            .collect();
+        assert_eq!(pongs, [&vec![0u8], &vec![1], &vec![2]], "{name}");
+        assert_eq!(out.last().unwrap().0, MsgType::Bye, "{name}");
+        assert!(p.a.is_closed(), "{name}");
+    }
+}
+
+#[test]
+fn frames_after_bye_hello_or_garbage_in_the_same_input_are_not_processed() {
+    // Bye in the middle: the session closes there (what it had queued for a
+    // peer that left is dropped) and the frame after it is not looked at.
+    let mut p = established();
+    let mut frames = pings(&mut p, 1);
+    p.i.close(p.now, "done");
+    frames.push(p.i.poll_transmit().unwrap());
+    let stray = {
+        let mut q = established();
+        pings(&mut q, 1).remove(0)
+    };
+    frames.push(stray);
+    p.a.handle_input(p.now, &frames.concat()).unwrap();
+    assert_eq!(sent(&mut p.a), vec![]);
+    let events: Vec<Event> = std::iter::from_fn(|| p.a.poll_event()).collect();
+    assert!(
+        matches!(&events[..], [Event::Closed(CloseReason::Remote(r))] if r == "done"),
+        "{events:?}"
+    );
+
+    // A Hello after two good Pings.
+    let mut p = established();
+    let mut frames = pings(&mut p, 2);
+    let hello = Message::Hello(test_hello()).encode_payload();
+    let sig = id(1).sign(&hello_signed_bytes(&hello));
+    frames.push(encode_frame(MsgType::Hello, &hello, &sig.to_bytes()).unwrap());
+    frames.extend(pings(&mut p, 1));
+    let r = p.a.handle_input(p.now, &frames.concat());
+    assert!(
+        matches!(
+            r,
+            Err(ProtoError::UnexpectedMessage {
+                msg_type: "Hello",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let pongs = sent(&mut p.a)
+        .iter()
+        .filter(|(t, _)| *t == MsgType::Pong)
+        .count();
+    assert_eq!(pongs, 2);
+
+    // Garbage JSON after two good Pings, and a frame header over the limit.
+    for tail in [&b"\x00\x00\x00\x03{{{"[..], &[0xff, 0xff, 0xff, 0xff][..]] {
+        let mut p = established();
+        let mut input = pings(&mut p, 2).concat();
+        input.extend_from_slice(tail);
+        assert!(p.a.handle_input(p.now, &input).is_err());
+        let pongs = sent(&mut p.a)
+            .iter()
+            .filter(|(t, _)| *t == MsgType::Pong)
+            .count();
+        assert_eq!(pongs, 2);
+        assert!(p.a.is_closed());
+    }
+}
+
 #[test]
 fn garbage_unknown_type_and_out_of_order_messages() {
     let body = br#"{"msg_type":"Gossip","payload":"","signature":""}"#;
