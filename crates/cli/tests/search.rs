@@ -217,6 +217,38 @@ fn a_forged_memory_in_the_index_is_never_returned() {
 }
 
 #[test]
+fn forged_rows_ranked_first_do_not_hide_the_real_match() {
+    // More forged index rows than one page of candidates rank above the
+    // only real match: they are skipped and the next page is read.
+    let h = TestHome::init();
+    let real = h.remember(&["kiwi season starts in may"]);
+    assert_eq!(query(&h, "kiwi", &[]).0, vec![real.clone()]);
+    let db = rusqlite::Connection::open(index_path(&h)).unwrap();
+    let (branch, blob): (i64, String) = db
+        .query_row("SELECT branch, blob FROM docs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    for k in 0..40 {
+        let fake = format!("{k:064x}");
+        db.execute(
+            "INSERT INTO docs(branch, id, blob, t, kind, tags, conf)
+             VALUES (?1, ?2, ?3, 0, 'observation', '', NULL)",
+            rusqlite::params![branch, fake, blob],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO fts(rowid, content, tags) VALUES (last_insert_rowid(), 'kiwi kiwi kiwi', '')",
+            [],
+        )
+        .unwrap();
+    }
+    drop(db);
+    let (ids, _) = query(&h, "kiwi", &["--limit", "1"]);
+    assert_eq!(ids, vec![real]);
+}
+
+#[test]
 fn private_content_stays_in_its_owners_index() {
     let a = TestHome::init();
     let b = TestHome::init();

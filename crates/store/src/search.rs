@@ -42,6 +42,9 @@ const SCHEMA_VERSION: &str = "2";
 const SNIPPET_TOKENS: i32 = 16;
 /// How candidates are read and verified together.
 const VERIFY_CHUNK: usize = 64;
+
+/// The ranking: BM25, tags weighing half as much as the content.
+const RANK: &str = "bm25(fts, 1.0, 0.5)";
 /// Memory files parsed per batch while (re)indexing.
 const PARSE_CHUNK: usize = 2048;
 
@@ -341,8 +344,7 @@ fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
              conf REAL,
              UNIQUE(branch, id));
          CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
-             content, tags, tokenize = 'porter unicode61 remove_diacritics 2');
-         INSERT INTO fts(fts, rank) VALUES ('rank', 'bm25(1.0, 0.5)');",
+             content, tags, tokenize = 'porter unicode61 remove_diacritics 2');",
     )
 }
 
@@ -733,8 +735,14 @@ impl Store {
         })
     }
 
-    /// Runs the FTS query with the filter, then reads and verifies hits
-    /// until `limit` are found.
+    /// Ranks the matches (with the filter), then reads and verifies hits
+    /// in rank order until `limit` are found.
+    ///
+    /// Two steps: the ranking query reads only rowids and scores, so the
+    /// snippet and the text are computed for the rows actually read. (FTS5's
+    /// own `ORDER BY rank` with configured weights took twice as long as
+    /// ranking by `bm25()` with the same weights, and joining `docs` for
+    /// every match when no filter needs it cost another 40 %.)
     fn search_in(
         &self,
         conn: &Connection,
@@ -743,17 +751,19 @@ impl Store {
         reader: Option<&Identity>,
         update: IndexUpdate,
     ) -> Result<SearchResult, Fail> {
-        let mut sql = String::from(
-            // `ORDER BY rank` (bm25 with tags weighing half, set in the
-            // schema) lets FTS5 sort the matches itself, so the snippet and
-            // the rest are computed only for the rows read.
-            "SELECT b.owner, d.id, d.blob, fts.rank,
-                    snippet(fts, 0, '**', '**', '…', ?2), fts.content, fts.tags
-             FROM fts JOIN docs d ON d.rowid = fts.rowid JOIN branches b ON b.rowid = d.branch
-             WHERE fts MATCH ?1",
-        );
-        let mut args: Vec<rusqlite::types::Value> =
-            vec![fts.to_string().into(), SNIPPET_TOKENS.into()];
+        let needs_docs = !filter.kinds.is_empty()
+            || !filter.authors.is_empty()
+            || !filter.tags.is_empty()
+            || filter.since.is_some()
+            || filter.min_confidence.is_some();
+        let mut sql = format!("SELECT fts.rowid, {RANK} AS score FROM fts");
+        if needs_docs {
+            sql.push_str(
+                " JOIN docs d ON d.rowid = fts.rowid JOIN branches b ON b.rowid = d.branch",
+            );
+        }
+        sql.push_str(" WHERE fts MATCH ?1");
+        let mut args: Vec<rusqlite::types::Value> = vec![fts.to_string().into()];
         let mut arg = |v: rusqlite::types::Value| {
             args.push(v);
             format!("?{}", args.len())
@@ -786,36 +796,67 @@ impl Store {
             let p = arg(min.into());
             sql.push_str(&format!(" AND d.conf >= {p}"));
         }
-        sql.push_str(" ORDER BY fts.rank");
-        let mut stmt = conn.prepare(&sql)?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+        sql.push_str(" ORDER BY score, fts.rowid");
+        let page_arg = arg(0i64.into());
+        let offset_arg = arg(0i64.into());
+        sql.push_str(&format!(" LIMIT {page_arg} OFFSET {offset_arg}"));
+        let (page_i, offset_i) = (args.len() - 2, args.len() - 1);
+        let mut rank_stmt = conn.prepare(&sql)?;
+        let mut row_stmt = conn.prepare(
+            "SELECT b.owner, d.id, d.blob, snippet(fts, 0, '**', '**', '…', ?2),
+                    fts.content, fts.tags
+             FROM fts JOIN docs d ON d.rowid = fts.rowid JOIN branches b ON b.rowid = d.branch
+             WHERE fts MATCH ?1 AND fts.rowid = ?3",
+        )?;
 
         let want = filter.limit.unwrap_or(usize::MAX);
         let mut result = SearchResult {
             update,
             ..SearchResult::default()
         };
-        let mut batch: Vec<Candidate> = Vec::new();
-        while result.hits.len() < want {
-            let row = rows.next()?;
-            if let Some(r) = row {
-                batch.push(Candidate {
-                    owner: r.get(0)?,
-                    id: r.get(1)?,
-                    blob: r.get(2)?,
-                    score: -r.get::<_, f64>(3)?,
-                    snippet: r.get(4)?,
-                    content: r.get(5)?,
-                    tags: r.get(6)?,
-                });
+        // Candidates a page: a few more than needed, as some may fail
+        // verification or the filter; more pages only if they did.
+        let mut page = want.saturating_add(16).min(i64::MAX as usize);
+        let mut offset = 0usize;
+        loop {
+            args[page_i] = (page as i64).into();
+            args[offset_i] = (offset as i64).into();
+            let ranked: Vec<(i64, f64)> = rank_stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let full_page = ranked.len() == page;
+            let mut batch: Vec<Candidate> = Vec::new();
+            for (rowid, rank) in ranked {
+                let mut rows = row_stmt.query(rusqlite::params![fts, SNIPPET_TOKENS, rowid])?;
+                if let Some(r) = rows.next()? {
+                    batch.push(Candidate {
+                        owner: r.get(0)?,
+                        id: r.get(1)?,
+                        blob: r.get(2)?,
+                        score: -rank,
+                        snippet: r.get(3)?,
+                        content: r.get(4)?,
+                        tags: r.get(5)?,
+                    });
+                }
+                let need = (want - result.hits.len()).clamp(1, VERIFY_CHUNK);
+                if batch.len() >= need {
+                    self.verify_candidates(std::mem::take(&mut batch), filter, reader, &mut result);
+                    if result.hits.len() >= want {
+                        break;
+                    }
+                }
             }
-            let need = (want - result.hits.len()).clamp(1, VERIFY_CHUNK);
-            if batch.len() >= need || (row.is_none() && !batch.is_empty()) {
-                self.verify_candidates(std::mem::take(&mut batch), filter, reader, &mut result);
+            if !batch.is_empty() {
+                self.verify_candidates(batch, filter, reader, &mut result);
             }
-            if row.is_none() {
+            if result.hits.len() >= want || !full_page {
                 break;
             }
+            offset += page;
+            page = page.saturating_mul(2).min(i64::MAX as usize);
         }
         result.hits.truncate(want);
         Ok(result)
