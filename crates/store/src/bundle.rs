@@ -308,7 +308,7 @@ fn write_pack(
     out.extend_from_slice(&2u32.to_be_bytes());
     out.extend_from_slice(&(objects.len() as u32).to_be_bytes());
     let odb = repo.odb()?;
-    let mut z = flate2::Compress::new(flate2::Compression::fast(), true);
+    let mut z = crate::pack::Deflater::new();
     for oid in objects {
         let obj = odb.read(*oid)?;
         let kind: u8 = match obj.kind() {
@@ -319,26 +319,9 @@ fn write_pack(
             _ => return Err(bad(format!("object {oid} has an unexpected type")).into()),
         };
         let data = obj.data();
-        let mut size = data.len();
-        let mut byte = (kind << 4) | (size as u8 & 0x0f);
-        size >>= 4;
-        while size > 0 {
-            out.push(byte | 0x80);
-            byte = size as u8 & 0x7f;
-            size >>= 7;
-        }
-        out.push(byte);
-        z.reset();
-        loop {
-            out.reserve(data.len() / 2 + 64);
-            let consumed = z.total_in() as usize;
-            let status = z
-                .compress_vec(&data[consumed..], out, flate2::FlushCompress::Finish)
-                .map_err(|e| bad(format!("compressing: {e}")))?;
-            if status == flate2::Status::StreamEnd {
-                break;
-            }
-        }
+        crate::pack::object_header(out, kind, data.len());
+        z.append(data, out)
+            .map_err(|e| bad(format!("compressing: {e}")))?;
         if out.len() as u64 > max_size {
             return Err(BundleError::TooLarge {
                 size: out.len() as u64,

@@ -10,7 +10,7 @@ use crate::StoreError;
 
 const OBJ_BLOB: u8 = 3;
 
-fn object_header(out: &mut Vec<u8>, kind: u8, mut size: usize) {
+pub(crate) fn object_header(out: &mut Vec<u8>, kind: u8, mut size: usize) {
     let mut byte = (kind << 4) | (size as u8 & 0x0f);
     size >>= 4;
     while size > 0 {
@@ -19,6 +19,48 @@ fn object_header(out: &mut Vec<u8>, kind: u8, mut size: usize) {
         size >>= 7;
     }
     out.push(byte);
+}
+
+/// Compresses pack entries one zlib stream each, with one compressor and
+/// one scratch buffer for all of them. (flate2's `compress_vec` zero-fills
+/// the whole spare capacity of its output on every call: appending to a
+/// growing multi-megabyte pack that way cost more than the compression.)
+pub(crate) struct Deflater {
+    z: flate2::Compress,
+    buf: Vec<u8>,
+}
+
+impl Deflater {
+    pub fn new() -> Deflater {
+        Deflater {
+            z: flate2::Compress::new(flate2::Compression::fast(), true),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Appends `data` to `out` as one complete zlib stream.
+    pub fn append(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), flate2::CompressError> {
+        self.z.reset();
+        // zlib's bound for one stream (deflateBound plus some slack).
+        let bound = data.len() + (data.len() >> 10) + 64;
+        if self.buf.len() < bound {
+            self.buf.resize(bound, 0);
+        }
+        loop {
+            let consumed = self.z.total_in() as usize;
+            let before = self.z.total_out();
+            let status = self.z.compress(
+                &data[consumed..],
+                &mut self.buf,
+                flate2::FlushCompress::Finish,
+            )?;
+            let produced = (self.z.total_out() - before) as usize;
+            out.extend_from_slice(&self.buf[..produced]);
+            if status == flate2::Status::StreamEnd {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Stores `blobs` in the repository as one pack (indexed by libgit2) and
@@ -33,25 +75,12 @@ pub(crate) fn write_blob_pack(
     pack.extend_from_slice(&2u32.to_be_bytes());
     pack.extend_from_slice(&(blobs.len() as u32).to_be_bytes());
     let mut ids = Vec::with_capacity(blobs.len());
-    // One compressor for all blobs: its state is large, allocating it per
-    // blob costs more than compressing.
-    let mut z = flate2::Compress::new(flate2::Compression::fast(), true);
+    let mut z = Deflater::new();
     for data in blobs {
         ids.push(Oid::hash_object(ObjectType::Blob, data)?);
         object_header(&mut pack, OBJ_BLOB, data.len());
-        z.reset();
-        loop {
-            pack.reserve(data.len() / 2 + 64);
-            let consumed = z.total_in() as usize;
-            let status = z
-                .compress_vec(&data[consumed..], &mut pack, flate2::FlushCompress::Finish)
-                .map_err(|e| {
-                    StoreError::Git(git2::Error::from_str(&format!("compressing: {e}")))
-                })?;
-            if status == flate2::Status::StreamEnd {
-                break;
-            }
-        }
+        z.append(data, &mut pack)
+            .map_err(|e| StoreError::Git(git2::Error::from_str(&format!("compressing: {e}"))))?;
     }
     let trailer = Sha1::digest(&pack);
     pack.extend_from_slice(&trailer);
