@@ -307,6 +307,66 @@ fn write_pack(
     out.extend_from_slice(b"PACK");
     out.extend_from_slice(&2u32.to_be_bytes());
     out.extend_from_slice(&(objects.len() as u32).to_be_bytes());
+    // Entries are independent: compress them on all cores, each thread
+    // with its own handle on the repository, and append them in order.
+    let threads = if objects.len() < 2048 {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8)
+    };
+    // Bytes of the bundle so far, over all threads, against `max_size`.
+    let total = std::sync::atomic::AtomicU64::new(out.len() as u64);
+    if threads == 1 {
+        pack_entries(repo, objects, out, &total, max_size)?;
+    } else {
+        let chunk = objects.len().div_ceil(threads);
+        let git_dir = repo.path().to_path_buf();
+        let parts: Vec<Result<Vec<u8>, BundleError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = objects
+                .chunks(chunk)
+                .map(|part| {
+                    let (git_dir, total) = (&git_dir, &total);
+                    s.spawn(move || {
+                        let repo = git2::Repository::open(git_dir)?;
+                        let mut buf = Vec::new();
+                        pack_entries(&repo, part, &mut buf, total, max_size)?;
+                        Ok(buf)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("pack thread panicked"))
+                .collect()
+        });
+        for p in parts {
+            out.extend_from_slice(&p?);
+        }
+    }
+    let trailer = sha1::Sha1::digest(&out[start..]);
+    out.extend_from_slice(&trailer);
+    if out.len() as u64 > max_size {
+        return Err(BundleError::TooLarge {
+            size: out.len() as u64,
+            limit: max_size,
+        });
+    }
+    Ok(())
+}
+
+/// Appends the pack entries of `objects` (header + zlib of each) to `out`,
+/// adding what it appends to `total` and refusing to let `total` grow past
+/// `max_size` (threads share it).
+fn pack_entries(
+    repo: &git2::Repository,
+    objects: &[Oid],
+    out: &mut Vec<u8>,
+    total: &std::sync::atomic::AtomicU64,
+    max_size: u64,
+) -> Result<(), BundleError> {
     let odb = repo.odb()?;
     let mut z = crate::pack::Deflater::new();
     for oid in objects {
@@ -319,23 +379,18 @@ fn write_pack(
             _ => return Err(bad(format!("object {oid} has an unexpected type")).into()),
         };
         let data = obj.data();
+        let before = out.len();
         crate::pack::object_header(out, kind, data.len());
         z.append(data, out)
             .map_err(|e| bad(format!("compressing: {e}")))?;
-        if out.len() as u64 > max_size {
+        let added = (out.len() - before) as u64;
+        let size = total.fetch_add(added, std::sync::atomic::Ordering::Relaxed) + added;
+        if size > max_size {
             return Err(BundleError::TooLarge {
-                size: out.len() as u64,
+                size,
                 limit: max_size,
             });
         }
-    }
-    let trailer = sha1::Sha1::digest(&out[start..]);
-    out.extend_from_slice(&trailer);
-    if out.len() as u64 > max_size {
-        return Err(BundleError::TooLarge {
-            size: out.len() as u64,
-            limit: max_size,
-        });
     }
     Ok(())
 }

@@ -209,17 +209,7 @@ impl Store {
 
     /// Reads a blob, bounded by `max` bytes.
     pub(crate) fn read_blob(&self, oid: Oid, max: usize) -> Result<Vec<u8>, StoreError> {
-        let odb = self.repo.odb()?;
-        let (size, kind) = odb.read_header(oid)?;
-        if kind != ObjectType::Blob {
-            return Err(StoreError::InvalidMemory(format!("{oid} is not a blob")));
-        }
-        if size > max {
-            return Err(StoreError::InvalidMemory(format!(
-                "memory file is {size} bytes, more than the limit of {max}"
-            )));
-        }
-        Ok(self.repo.find_blob(oid)?.content().to_vec())
+        read_blob(&self.repo, oid, max)
     }
 
     /// Differences from `old` (a parent's tree, or nothing) to `new`.
@@ -573,4 +563,21 @@ pub(crate) fn append_to(
             .refname_to_id(&branch_name(&identity.public_key()))
             .map_err(Into::into),
     }
+}
+
+/// Reads a blob of at most `max` bytes (the size is checked before reading).
+pub(crate) fn read_blob(repo: &Repository, oid: Oid, max: usize) -> Result<Vec<u8>, StoreError> {
+    let odb = repo.odb()?;
+    let (size, kind) = odb.read_header(oid)?;
+    if kind != ObjectType::Blob {
+        return Err(StoreError::InvalidMemory(format!("{oid} is not a blob")));
+    }
+    if size > max {
+        return Err(StoreError::InvalidMemory(format!(
+            "memory file is {size} bytes, more than the limit of {max}"
+        )));
+    }
+    let obj = odb.read(oid)?;
+    let data = obj.data().to_vec();
+    Ok(data)
 }

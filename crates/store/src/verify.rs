@@ -40,10 +40,53 @@ impl VerifyReport {
     }
 }
 
-struct Pending {
+/// A memory file a commit adds, not checked yet.
+struct Added {
     commit: Oid,
     path: String,
-    memory: UnverifiedMemory,
+    id: String,
+    blob: Oid,
+}
+
+/// Checks added memory files: each parses, is named by its id, is authored
+/// by `owner` and its signature verifies (batched). One result per file.
+fn check_added(
+    repo: &git2::Repository,
+    added: &[Added],
+    owner: &PublicKey,
+) -> Vec<Result<(), String>> {
+    let mut out: Vec<Result<(), String>> = Vec::with_capacity(added.len());
+    let mut parsed = Vec::new();
+    let mut parsed_at = Vec::new();
+    for a in added {
+        match crate::repo::read_blob(repo, a.blob, MAX_MEMORY_FILE_BYTES)
+            .and_then(|d| UnverifiedMemory::from_json(&d))
+        {
+            Err(e) => out.push(Err(e.to_string())),
+            Ok(m) if m.id != a.id => out.push(Err(format!(
+                "file name does not match the memory id {}",
+                m.id
+            ))),
+            Ok(m) if m.author != *owner => out.push(Err(format!(
+                "memory by {} on a branch it does not own",
+                m.author
+            ))),
+            Ok(m) => {
+                parsed_at.push(out.len());
+                out.push(Ok(()));
+                parsed.push(m);
+            }
+        }
+    }
+    for (i, r) in parsed_at
+        .into_iter()
+        .zip(UnverifiedMemory::verify_many(parsed))
+    {
+        if let Err(e) = r {
+            out[i] = Err(e.to_string());
+        }
+    }
+    out
 }
 
 impl Store {
@@ -87,7 +130,9 @@ impl Store {
             memory,
             reason,
         };
-        let mut pending: Vec<Pending> = Vec::new();
+        // 1. Walk the commits and diff their trees (one thread); memory
+        // files to check are collected, everything else is a problem now.
+        let mut added: Vec<Added> = Vec::new();
         let mut cur = Some(tip);
         let mut reached_base = base.is_none();
         while let Some(oid) = cur {
@@ -124,36 +169,12 @@ impl Store {
             let parent_tree = parent.as_ref().map(|p| p.tree()).transpose()?;
             for ch in self.diff_trees(parent_tree.as_ref(), &commit.tree()?)? {
                 match ch {
-                    Change::Added { path, id, blob } => {
-                        let parsed = self
-                            .read_blob(blob, MAX_MEMORY_FILE_BYTES)
-                            .and_then(|d| UnverifiedMemory::from_json(&d));
-                        match parsed {
-                            Err(e) => report.problems.push(problem(
-                                Some(oid),
-                                Some(path),
-                                Some(id),
-                                e.to_string(),
-                            )),
-                            Ok(m) if m.id != id => report.problems.push(problem(
-                                Some(oid),
-                                Some(path),
-                                Some(id),
-                                format!("file name does not match the memory id {}", m.id),
-                            )),
-                            Ok(m) if m.author != *owner => report.problems.push(problem(
-                                Some(oid),
-                                Some(path),
-                                Some(id),
-                                format!("memory by {} on a branch it does not own", m.author),
-                            )),
-                            Ok(m) => pending.push(Pending {
-                                commit: oid,
-                                path,
-                                memory: m,
-                            }),
-                        }
-                    }
+                    Change::Added { path, id, blob } => added.push(Added {
+                        commit: oid,
+                        path,
+                        id,
+                        blob,
+                    }),
                     Change::Modified { path } => report.problems.push(problem(
                         Some(oid),
                         Some(path),
@@ -186,38 +207,47 @@ impl Store {
                 ),
             ));
         }
-        // Signatures: batched, on all cores.
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8);
-        let chunk = pending.len().div_ceil(threads).max(1);
-        let results: Vec<Vec<Result<(), String>>> = std::thread::scope(|s| {
-            let handles: Vec<_> = pending
-                .chunks(chunk)
-                .map(|part| {
-                    s.spawn(move || {
-                        let items: Vec<UnverifiedMemory> =
-                            part.iter().map(|p| p.memory.clone()).collect();
-                        UnverifiedMemory::verify_many(items)
-                            .into_iter()
-                            .map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
-                            .collect()
+        // 2. Read, parse and check every added memory, signatures batched,
+        // on all cores (each thread with its own handle on the repository).
+        let threads = if added.len() < 256 {
+            1
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .clamp(1, 8)
+        };
+        let chunk = added.len().div_ceil(threads).max(1);
+        let git_dir = repo.path().to_path_buf();
+        let results: Vec<Result<(), String>> = if threads == 1 {
+            check_added(repo, &added, owner)
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = added
+                    .chunks(chunk)
+                    .map(|part| {
+                        let git_dir = &git_dir;
+                        s.spawn(move || match git2::Repository::open(git_dir) {
+                            Ok(r) => check_added(&r, part, owner),
+                            Err(e) => {
+                                vec![Err(format!("cannot open the repository: {e}")); part.len()]
+                            }
+                        })
                     })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("verification thread panicked"))
-                .collect()
-        });
-        for (p, r) in pending.iter().zip(results.into_iter().flatten()) {
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("verification thread panicked"))
+                    .collect()
+            })
+        };
+        for (a, r) in added.iter().zip(results) {
             match r {
                 Ok(()) => report.memories += 1,
                 Err(reason) => report.problems.push(problem(
-                    Some(p.commit),
-                    Some(p.path.clone()),
-                    Some(p.memory.id.clone()),
+                    Some(a.commit),
+                    Some(a.path.clone()),
+                    Some(a.id.clone()),
                     reason,
                 )),
             }
