@@ -28,6 +28,7 @@ use git2::Oid;
 use mmogit_identity::PublicKey;
 use sha2::{Digest, Sha256};
 
+use crate::packidx::RawEntries;
 use crate::repo::{branch_name, parse_branch_name, Store};
 use crate::sync::{IngestReport, QUARANTINE_PREFIX};
 use crate::StoreError;
@@ -319,8 +320,12 @@ fn write_pack(
     };
     // Bytes of the bundle so far, over all threads, against `max_size`.
     let total = std::sync::atomic::AtomicU64::new(out.len() as u64);
+    // Objects stored whole in our packs are copied as they are (no
+    // inflating and compressing again). Finding them reads every pack
+    // index, so only for large bundles.
+    let raw = (objects.len() >= 2048).then(|| RawEntries::locate(repo.path(), objects));
     if threads == 1 {
-        pack_entries(repo, objects, out, &total, max_size)?;
+        pack_entries(repo, objects, raw.as_ref(), out, &total, max_size)?;
     } else {
         let chunk = objects.len().div_ceil(threads);
         let git_dir = repo.path().to_path_buf();
@@ -328,11 +333,11 @@ fn write_pack(
             let handles: Vec<_> = objects
                 .chunks(chunk)
                 .map(|part| {
-                    let (git_dir, total) = (&git_dir, &total);
+                    let (git_dir, total, raw) = (&git_dir, &total, raw.as_ref());
                     s.spawn(move || {
                         let repo = git2::Repository::open(git_dir)?;
                         let mut buf = Vec::new();
-                        pack_entries(&repo, part, &mut buf, total, max_size)?;
+                        pack_entries(&repo, part, raw, &mut buf, total, max_size)?;
                         Ok(buf)
                     })
                 })
@@ -363,13 +368,31 @@ fn write_pack(
 fn pack_entries(
     repo: &git2::Repository,
     objects: &[Oid],
+    raw: Option<&RawEntries>,
     out: &mut Vec<u8>,
     total: &std::sync::atomic::AtomicU64,
     max_size: u64,
 ) -> Result<(), BundleError> {
     let odb = repo.odb()?;
     let mut z = crate::pack::Deflater::new();
+    let mut raw = raw.map(RawEntries::reader);
+    let account = |added: u64| {
+        let size = total.fetch_add(added, std::sync::atomic::Ordering::Relaxed) + added;
+        if size > max_size {
+            Err(BundleError::TooLarge {
+                size,
+                limit: max_size,
+            })
+        } else {
+            Ok(())
+        }
+    };
     for oid in objects {
+        let before = out.len();
+        if raw.as_mut().is_some_and(|r| r.append(oid, out)) {
+            account((out.len() - before) as u64)?;
+            continue;
+        }
         let obj = odb.read(*oid)?;
         let kind: u8 = match obj.kind() {
             git2::ObjectType::Commit => 1,
@@ -379,18 +402,10 @@ fn pack_entries(
             _ => return Err(bad(format!("object {oid} has an unexpected type")).into()),
         };
         let data = obj.data();
-        let before = out.len();
         crate::pack::object_header(out, kind, data.len());
         z.append(data, out)
             .map_err(|e| bad(format!("compressing: {e}")))?;
-        let added = (out.len() - before) as u64;
-        let size = total.fetch_add(added, std::sync::atomic::Ordering::Relaxed) + added;
-        if size > max_size {
-            return Err(BundleError::TooLarge {
-                size,
-                limit: max_size,
-            });
-        }
+        account((out.len() - before) as u64)?;
     }
     Ok(())
 }

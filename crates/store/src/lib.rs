@@ -10,6 +10,7 @@ mod bundle;
 mod index;
 mod memory;
 mod pack;
+mod packidx;
 mod query;
 mod repo;
 mod search;
