@@ -248,6 +248,44 @@ impl Store {
 /// parent's (all of them for a root commit). Memory branches only add
 /// files, so this is exactly what is new.
 fn new_objects(repo: &git2::Repository, commits: &[Oid]) -> Result<Vec<Oid>, BundleError> {
+    // Each commit is diffed against its own parent, so long histories are
+    // split over the cores (each thread with its own repository handle)
+    // and the lists joined in order without repeats.
+    let threads = if commits.len() < 8 {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8)
+    };
+    if threads == 1 {
+        return new_objects_of(repo, commits);
+    }
+    let chunk = commits.len().div_ceil(threads);
+    let git_dir = repo.path().to_path_buf();
+    let parts: Vec<Result<Vec<Oid>, BundleError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = commits
+            .chunks(chunk)
+            .map(|part| {
+                let git_dir = &git_dir;
+                s.spawn(move || new_objects_of(&git2::Repository::open(git_dir)?, part))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("bundle thread panicked"))
+            .collect()
+    });
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for p in parts {
+        out.extend(p?.into_iter().filter(|o| seen.insert(*o)));
+    }
+    Ok(out)
+}
+
+fn new_objects_of(repo: &git2::Repository, commits: &[Oid]) -> Result<Vec<Oid>, BundleError> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for &c in commits {
