@@ -156,7 +156,7 @@ async fn main() {
     trust(&a_peers, idb.public_key(), None);
     let node_a = start_node(ida.clone(), a_repo.clone(), a_peers).await;
     let addr = node_a.local_addr().to_string();
-    let runs = 3;
+    let runs = 5;
 
     // 1. Full sync.
     let mut git_full = vec![];
