@@ -147,7 +147,16 @@ async fn main() {
     {
         let s = Store::open_or_init(&a_repo).unwrap();
         let mems: Vec<VerifiedMemory> = (0..n).map(|i| mem(&ida, i)).collect();
-        s.import(&ida, &mems, 1000, |_| {}).unwrap();
+        // Memories per commit: 1000 (as `import` makes them), or with
+        // MMOGIT_BENCH_ONE_PER_COMMIT set one commit per memory, loose
+        // objects (as `remember` makes them).
+        if std::env::var_os("MMOGIT_BENCH_ONE_PER_COMMIT").is_some() {
+            for m in &mems {
+                s.append(&ida, std::slice::from_ref(m), "m").unwrap();
+            }
+        } else {
+            s.import(&ida, &mems, 1000, |_| {}).unwrap();
+        }
         s.set_head_to(&ida.public_key()).unwrap();
     }
     let (_daemon, port) = start_daemon(&base);

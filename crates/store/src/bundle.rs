@@ -155,6 +155,9 @@ impl Store {
             return Ok(None);
         }
         let mut walk = repo.revwalk()?;
+        // Oldest first: a tree's previous version (its delta base) must
+        // come before it in the pack.
+        walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)?;
         for (_, tip) in &branches {
             walk.push(*tip)?;
         }
@@ -247,7 +250,7 @@ impl Store {
 /// each commit, and the trees and blobs of its tree that differ from its
 /// parent's (all of them for a root commit). Memory branches only add
 /// files, so this is exactly what is new.
-fn new_objects(repo: &git2::Repository, commits: &[Oid]) -> Result<Vec<Oid>, BundleError> {
+fn new_objects(repo: &git2::Repository, commits: &[Oid]) -> Result<Vec<NewObject>, BundleError> {
     // Each commit is diffed against its own parent, so long histories are
     // split over the cores (each thread with its own repository handle)
     // and the lists joined in order without repeats.
@@ -264,7 +267,7 @@ fn new_objects(repo: &git2::Repository, commits: &[Oid]) -> Result<Vec<Oid>, Bun
     }
     let chunk = commits.len().div_ceil(threads);
     let git_dir = repo.path().to_path_buf();
-    let parts: Vec<Result<Vec<Oid>, BundleError>> = std::thread::scope(|s| {
+    let parts: Vec<Result<Vec<NewObject>, BundleError>> = std::thread::scope(|s| {
         let handles: Vec<_> = commits
             .chunks(chunk)
             .map(|part| {
@@ -280,17 +283,22 @@ fn new_objects(repo: &git2::Repository, commits: &[Oid]) -> Result<Vec<Oid>, Bun
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for p in parts {
-        out.extend(p?.into_iter().filter(|o| seen.insert(*o)));
+        out.extend(p?.into_iter().filter(|o| seen.insert(o.0)));
     }
     Ok(out)
 }
 
-fn new_objects_of(repo: &git2::Repository, commits: &[Oid]) -> Result<Vec<Oid>, BundleError> {
+/// An object a bundle carries, and for a tree the version of it at the
+/// same path in the parent commit (a good delta base: memory branches only
+/// add files, so the two differ by a few entries).
+type NewObject = (Oid, Option<Oid>);
+
+fn new_objects_of(repo: &git2::Repository, commits: &[Oid]) -> Result<Vec<NewObject>, BundleError> {
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for &c in commits {
         let commit = repo.find_commit(c)?;
-        out.push(c);
+        out.push((c, None));
         let tree = commit.tree()?;
         let parent_tree = if commit.parent_count() > 0 {
             Some(commit.parent(0)?.tree()?)
@@ -298,7 +306,7 @@ fn new_objects_of(repo: &git2::Repository, commits: &[Oid]) -> Result<Vec<Oid>, 
             None
         };
         if parent_tree.as_ref().map(|t| t.id()) != Some(tree.id()) && seen.insert(tree.id()) {
-            out.push(tree.id());
+            out.push((tree.id(), parent_tree.as_ref().map(|t| t.id())));
             tree_diff(repo, &tree, parent_tree.as_ref(), &mut out, &mut seen)?;
         }
     }
@@ -309,7 +317,7 @@ fn tree_diff(
     repo: &git2::Repository,
     new: &git2::Tree,
     old: Option<&git2::Tree>,
-    out: &mut Vec<Oid>,
+    out: &mut Vec<NewObject>,
     seen: &mut std::collections::HashSet<Oid>,
 ) -> Result<(), BundleError> {
     for e in new.iter() {
@@ -317,8 +325,13 @@ fn tree_diff(
         if old_e.as_ref().map(|o| o.id()) == Some(e.id()) || !seen.insert(e.id()) {
             continue;
         }
-        out.push(e.id());
-        if e.kind() == Some(git2::ObjectType::Tree) {
+        let is_tree = e.kind() == Some(git2::ObjectType::Tree);
+        let base = old_e
+            .as_ref()
+            .filter(|o| is_tree && o.kind() == Some(git2::ObjectType::Tree))
+            .map(|o| o.id());
+        out.push((e.id(), base));
+        if is_tree {
             let sub = repo.find_tree(e.id())?;
             let old_sub = match &old_e {
                 Some(o) if o.kind() == Some(git2::ObjectType::Tree) => {
@@ -332,12 +345,15 @@ fn tree_diff(
     Ok(())
 }
 
-/// Appends a version 2 pack of `objects` (whole objects, zlib, no deltas:
-/// memory files are small and unique, so a delta search costs far more
-/// than it saves) to `out`, refusing to grow past `max_size`.
+/// Appends a version 2 pack of `objects` to `out`, refusing to grow past
+/// `max_size`. Blobs and commits are whole objects (memory files are small
+/// and unique: a delta search would cost far more than it saves); a tree
+/// whose previous version is earlier in the pack is a delta against it
+/// (one commit adds one memory file: a 7 KiB tree becomes a few dozen
+/// bytes), chains at most [`MAX_DELTA_DEPTH`] long.
 fn write_pack(
     repo: &git2::Repository,
-    objects: &[Oid],
+    objects: &[NewObject],
     out: &mut Vec<u8>,
     max_size: u64,
 ) -> Result<(), BundleError> {
@@ -361,7 +377,10 @@ fn write_pack(
     // Objects stored whole in our packs are copied as they are (no
     // inflating and compressing again). Finding them reads every pack
     // index, so only for large bundles.
-    let raw = (objects.len() >= 2048).then(|| RawEntries::locate(repo.path(), objects));
+    let raw = (objects.len() >= 2048).then(|| {
+        let oids: Vec<Oid> = objects.iter().map(|o| o.0).collect();
+        RawEntries::locate(repo.path(), &oids)
+    });
     if threads == 1 {
         pack_entries(repo, objects, raw.as_ref(), out, &total, max_size)?;
     } else {
@@ -405,7 +424,7 @@ fn write_pack(
 /// `max_size` (threads share it).
 fn pack_entries(
     repo: &git2::Repository,
-    objects: &[Oid],
+    objects: &[NewObject],
     raw: Option<&RawEntries>,
     out: &mut Vec<u8>,
     total: &std::sync::atomic::AtomicU64,
@@ -425,13 +444,33 @@ fn pack_entries(
             Ok(())
         }
     };
-    for oid in objects {
+    // Entries written so far: where, and how long their delta chain is.
+    let mut written: std::collections::HashMap<Oid, (usize, u32)> =
+        std::collections::HashMap::with_capacity(objects.len());
+    for (oid, base) in objects {
         let before = out.len();
         if raw.as_mut().is_some_and(|r| r.append(oid, out)) {
             account((out.len() - before) as u64)?;
+            written.insert(*oid, (before, 0));
             continue;
         }
         let obj = odb.read(*oid)?;
+        if let Some((base_at, depth)) = base
+            .and_then(|b| written.get(&b).copied())
+            .filter(|&(_, depth)| depth < MAX_DELTA_DEPTH)
+        {
+            let base_obj = odb.read(base.expect("checked above"))?;
+            let delta = make_delta(base_obj.data(), obj.data());
+            if delta.len() + 32 < obj.data().len() {
+                crate::pack::object_header(out, OBJ_OFS_DELTA, delta.len());
+                encode_ofs(out, (before - base_at) as u64);
+                z.append(&delta, out)
+                    .map_err(|e| bad(format!("compressing: {e}")))?;
+                account((out.len() - before) as u64)?;
+                written.insert(*oid, (before, depth + 1));
+                continue;
+            }
+        }
         let kind: u8 = match obj.kind() {
             git2::ObjectType::Commit => 1,
             git2::ObjectType::Tree => 2,
@@ -444,8 +483,92 @@ fn pack_entries(
         z.append(data, out)
             .map_err(|e| bad(format!("compressing: {e}")))?;
         account((out.len() - before) as u64)?;
+        written.insert(*oid, (before, 0));
     }
     Ok(())
+}
+
+/// Longest chain of tree deltas in a bundle (git's default `pack.depth`):
+/// reading the last version applies at most this many.
+const MAX_DELTA_DEPTH: u32 = 50;
+
+/// Pack entry type of a delta against an earlier entry of the same pack.
+const OBJ_OFS_DELTA: u8 = 6;
+
+/// The distance back to an OFS_DELTA's base, in git's encoding (big-endian
+/// base-128 where each continued byte adds one).
+fn encode_ofs(out: &mut Vec<u8>, mut ofs: u64) {
+    let mut buf = [0u8; 10];
+    let mut pos = buf.len() - 1;
+    buf[pos] = (ofs & 127) as u8;
+    ofs >>= 7;
+    while ofs != 0 {
+        ofs -= 1;
+        pos -= 1;
+        buf[pos] = 128 | (ofs & 127) as u8;
+        ofs >>= 7;
+    }
+    out.extend_from_slice(&buf[pos..]);
+}
+
+/// A git delta turning `base` into `target`: copy their common prefix,
+/// insert what differs, copy their common suffix. For a tree that only
+/// gained entries since `base` (memory branches only add files) that is
+/// the whole difference.
+fn make_delta(base: &[u8], target: &[u8]) -> Vec<u8> {
+    fn size(d: &mut Vec<u8>, mut n: usize) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                d.push(b);
+                return;
+            }
+            d.push(b | 0x80);
+        }
+    }
+    fn copy(d: &mut Vec<u8>, mut offset: usize, mut len: usize) {
+        while len > 0 {
+            let n = len.min(0xffff);
+            let at = d.len();
+            d.push(0x80);
+            for i in 0..4 {
+                let b = (offset >> (8 * i)) as u8;
+                if b != 0 {
+                    d[at] |= 1 << i;
+                    d.push(b);
+                }
+            }
+            for i in 0..2 {
+                let b = (n >> (8 * i)) as u8;
+                if b != 0 {
+                    d[at] |= 1 << (4 + i);
+                    d.push(b);
+                }
+            }
+            offset += n;
+            len -= n;
+        }
+    }
+    let prefix = base.iter().zip(target).take_while(|(a, b)| a == b).count();
+    let room = base.len().min(target.len()) - prefix;
+    let suffix = base
+        .iter()
+        .rev()
+        .zip(target.iter().rev())
+        .take(room)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut d = Vec::with_capacity(32 + target.len() - prefix - suffix);
+    size(&mut d, base.len());
+    size(&mut d, target.len());
+    copy(&mut d, 0, prefix);
+    for chunk in target[prefix..target.len() - suffix].chunks(127) {
+        d.push(chunk.len() as u8);
+        d.extend_from_slice(chunk);
+    }
+    copy(&mut d, base.len() - suffix, suffix);
+    d
 }
 
 /// Prerequisites and branch tips of a bundle header.
@@ -681,6 +804,165 @@ mod tests {
             a.build_bundle(&[], None, 100),
             Err(BundleError::TooLarge { .. })
         ));
+    }
+
+    /// Counts the entries of each type in a bundle's pack (by indexing it
+    /// with system git, which also checks every object and delta).
+    fn pack_types(dir: &Path, b: &Bundle) -> (usize, usize) {
+        let p = write_file(dir, b);
+        let bytes = std::fs::read(&p).unwrap();
+        let at = bytes.windows(4).position(|w| w == b"PACK").unwrap();
+        let pack = dir.join("t.pack");
+        std::fs::write(&pack, &bytes[at..]).unwrap();
+        let out = std::process::Command::new("git")
+            .args(["index-pack", "-v"])
+            .arg(&pack)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = std::process::Command::new("git")
+            .args(["verify-pack", "-v"])
+            .arg(pack.with_extension("idx"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        // Delta entries have two more columns (depth, base).
+        let entries: Vec<usize> = text
+            .lines()
+            .filter(|l| l.len() > 41 && l.as_bytes()[40] == b' ')
+            .map(|l| l.split_whitespace().count())
+            .collect();
+        (
+            entries.iter().filter(|&&n| n == 5).count(),
+            entries.iter().filter(|&&n| n == 7).count(),
+        )
+    }
+
+    #[test]
+    fn trees_travel_as_deltas_against_their_previous_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = Store::open_or_init(&tmp.path().join("a.git")).unwrap();
+        let b = Store::open_or_init(&tmp.path().join("b.git")).unwrap();
+        let ida = Identity::from_secret_bytes(&[1; 32]);
+        // One commit per memory, as `remember` makes them: each commit
+        // rewrites the root, the 256-entry `memories` tree and one shard.
+        for n in 0..120 {
+            a.append(&ida, &[mem(&ida, n)], "m").unwrap();
+        }
+        let full = a.build_bundle(&[], None, u64::MAX).unwrap().unwrap();
+        let (whole, deltas) = pack_types(tmp.path(), &full);
+        // The 256-entry `memories` tree changes in every commit: all its
+        // versions but the first and every 51st of a chain are deltas
+        // (the tiny root trees and new shards are not worth one).
+        assert!(deltas >= 119 - 2, "{whole} whole, {deltas} deltas");
+        assert!(full.bytes.len() < 120 * 1500, "{} bytes", full.bytes.len());
+        let report = b
+            .ingest_bundle(&write_file(tmp.path(), &full), "t1")
+            .unwrap();
+        assert!(report.is_ok(), "{report:?}");
+        assert_eq!(report.memories_added(), 120);
+        assert!(b.verify_all().unwrap().is_ok());
+        // An incremental bundle: its first trees' bases are not in it, so
+        // they go whole; the later ones are deltas.
+        let have = b.branches().unwrap();
+        for n in 120..130 {
+            a.append(&ida, &[mem(&ida, n)], "m").unwrap();
+        }
+        let inc = a.build_bundle(&have, None, u64::MAX).unwrap().unwrap();
+        let (_, deltas) = pack_types(tmp.path(), &inc);
+        assert!(deltas >= 9, "{deltas} deltas");
+        let report = b
+            .ingest_bundle(&write_file(tmp.path(), &inc), "t2")
+            .unwrap();
+        assert_eq!(report.memories_added(), 10);
+        assert!(b.verify_all().unwrap().is_ok());
+        // What the receiver stored serves a third store in turn.
+        let c = Store::open_or_init(&tmp.path().join("c.git")).unwrap();
+        let relay = b.build_bundle(&[], None, u64::MAX).unwrap().unwrap();
+        let report = c
+            .ingest_bundle(&write_file(tmp.path(), &relay), "t3")
+            .unwrap();
+        assert_eq!(report.memories_added(), 130);
+    }
+
+    #[test]
+    fn deltas_rebuild_their_target() {
+        // Applies a delta the way git does, for the cases make_delta meets.
+        fn apply(base: &[u8], d: &[u8]) -> Vec<u8> {
+            let mut i = 0;
+            let mut size = || {
+                let (mut n, mut shift) = (0usize, 0);
+                loop {
+                    let b = d[i];
+                    i += 1;
+                    n |= ((b & 0x7f) as usize) << shift;
+                    shift += 7;
+                    if b & 0x80 == 0 {
+                        return n;
+                    }
+                }
+            };
+            assert_eq!(size(), base.len());
+            let want = size();
+            let mut out = Vec::new();
+            while i < d.len() {
+                let cmd = d[i];
+                i += 1;
+                if cmd & 0x80 != 0 {
+                    let (mut off, mut n) = (0usize, 0usize);
+                    for k in 0..4 {
+                        if cmd & (1 << k) != 0 {
+                            off |= (d[i] as usize) << (8 * k);
+                            i += 1;
+                        }
+                    }
+                    for k in 0..3 {
+                        if cmd & (1 << (4 + k)) != 0 {
+                            n |= (d[i] as usize) << (8 * k);
+                            i += 1;
+                        }
+                    }
+                    if n == 0 {
+                        n = 0x10000;
+                    }
+                    out.extend_from_slice(&base[off..off + n]);
+                } else {
+                    out.extend_from_slice(&d[i..i + cmd as usize]);
+                    i += cmd as usize;
+                }
+            }
+            assert_eq!(out.len(), want);
+            out
+        }
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut inserted = big.clone();
+        inserted.splice(70_000..70_000, b"new entry".iter().copied());
+        let cases: Vec<(&[u8], &[u8])> = vec![
+            (b"", b"abc"),
+            (b"abc", b"abc"),
+            (b"abcdef", b"abXYZcdef"),
+            (b"abcdef", b"abc"),
+            (b"aaaa", b"aaaaaa"),
+            (&big, &inserted),
+            (&inserted, &big),
+        ];
+        for (base, target) in cases {
+            assert_eq!(apply(base, &make_delta(base, target)), target);
+        }
+        let mut ofs = Vec::new();
+        encode_ofs(&mut ofs, 127);
+        encode_ofs(&mut ofs, 128);
+        encode_ofs(&mut ofs, 16_511);
+        assert_eq!(ofs, [0x7f, 0x80, 0x00, 0xff, 0x7f]);
     }
 
     #[test]
