@@ -43,6 +43,10 @@ const SNIPPET_TOKENS: i32 = 16;
 /// How candidates are read and verified together.
 const VERIFY_CHUNK: usize = 64;
 
+/// Memories added in one index update from which the FTS5 index is merged
+/// into one segment afterwards (a full build, a large import or sync).
+const OPTIMIZE_AFTER: usize = 5_000;
+
 /// The ranking: BM25, tags weighing half as much as the content.
 const RANK: &str = "bm25(fts, 1.0, 0.5)";
 /// Memory files parsed per batch while (re)indexing.
@@ -605,6 +609,12 @@ impl Store {
         }
         let indexed = started.elapsed();
         tx.commit()?;
+        if update.added >= OPTIMIZE_AFTER {
+            // Many new rows arrive as many FTS5 segments, and every query
+            // opens an iterator per term per segment: merge them into one
+            // (0.4 s for 100,000 memories).
+            conn.execute("INSERT INTO fts(fts) VALUES ('optimize')", [])?;
+        }
         update.elapsed = started.elapsed();
         tracing::debug!(
             check_ms = checked.as_secs_f64() * 1e3,
