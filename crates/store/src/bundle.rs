@@ -252,34 +252,8 @@ impl Store {
 /// files, so this is exactly what is new.
 fn new_objects(repo: &git2::Repository, commits: &[Oid]) -> Result<Vec<NewObject>, BundleError> {
     // Each commit is diffed against its own parent, so long histories are
-    // split over the cores (each thread with its own repository handle)
-    // and the lists joined in order without repeats.
-    let threads = if commits.len() < 8 {
-        1
-    } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8)
-    };
-    if threads == 1 {
-        return new_objects_of(repo, commits);
-    }
-    let chunk = commits.len().div_ceil(threads);
-    let git_dir = repo.path().to_path_buf();
-    let parts: Vec<Result<Vec<NewObject>, BundleError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = commits
-            .chunks(chunk)
-            .map(|part| {
-                let git_dir = &git_dir;
-                s.spawn(move || new_objects_of(&git2::Repository::open(git_dir)?, part))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("bundle thread panicked"))
-            .collect()
-    });
+    // split over the cores and the lists joined in order without repeats.
+    let parts = crate::repo::par_parts(repo, commits, 8, new_objects_of)?;
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for p in parts {
@@ -362,16 +336,6 @@ fn write_pack(
     out.extend_from_slice(b"PACK");
     out.extend_from_slice(&2u32.to_be_bytes());
     out.extend_from_slice(&(objects.len() as u32).to_be_bytes());
-    // Entries are independent: compress them on all cores, each thread
-    // with its own handle on the repository, and append them in order.
-    let threads = if objects.len() < 2048 {
-        1
-    } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .clamp(1, 8)
-    };
     // Bytes of the bundle so far, over all threads, against `max_size`.
     let total = std::sync::atomic::AtomicU64::new(out.len() as u64);
     // Objects stored whole in our packs are copied as they are (no
@@ -381,32 +345,14 @@ fn write_pack(
         let oids: Vec<Oid> = objects.iter().map(|o| o.0).collect();
         RawEntries::locate(repo.path(), &oids)
     });
-    if threads == 1 {
-        pack_entries(repo, objects, raw.as_ref(), out, &total, max_size)?;
-    } else {
-        let chunk = objects.len().div_ceil(threads);
-        let git_dir = repo.path().to_path_buf();
-        let parts: Vec<Result<Vec<u8>, BundleError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = objects
-                .chunks(chunk)
-                .map(|part| {
-                    let (git_dir, total, raw) = (&git_dir, &total, raw.as_ref());
-                    s.spawn(move || {
-                        let repo = git2::Repository::open(git_dir)?;
-                        let mut buf = Vec::new();
-                        pack_entries(&repo, part, raw, &mut buf, total, max_size)?;
-                        Ok(buf)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("pack thread panicked"))
-                .collect()
-        });
-        for p in parts {
-            out.extend_from_slice(&p?);
-        }
+    // Entries are independent: they are compressed on all cores and
+    // appended in order (a delta's base is always in its own part).
+    let parts = crate::repo::par_parts(repo, objects, 2048, |repo, part| {
+        let mut buf = Vec::new();
+        pack_entries(repo, part, raw.as_ref(), &mut buf, &total, max_size).map(|()| buf)
+    })?;
+    for p in parts {
+        out.extend_from_slice(&p?);
     }
     let trailer = sha1::Sha1::digest(&out[start..]);
     out.extend_from_slice(&trailer);
@@ -742,6 +688,15 @@ mod tests {
         .unwrap()
     }
 
+    /// A temporary directory with two empty stores `a` and `b`, and the
+    /// identity that writes in `a`.
+    fn two_stores() -> (tempfile::TempDir, Store, Store, Identity) {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = Store::open_or_init(&tmp.path().join("a.git")).unwrap();
+        let b = Store::open_or_init(&tmp.path().join("b.git")).unwrap();
+        (tmp, a, b, Identity::from_secret_bytes(&[1; 32]))
+    }
+
     fn write_file(dir: &Path, b: &Bundle) -> PathBuf {
         let p = dir.join("b.bundle");
         let mut w = BundleWriter::create(p.clone(), b.bytes.len() as u64, &b.sha256).unwrap();
@@ -753,10 +708,7 @@ mod tests {
 
     #[test]
     fn full_then_incremental_bundle() {
-        let tmp = tempfile::tempdir().unwrap();
-        let a = Store::open_or_init(&tmp.path().join("a.git")).unwrap();
-        let b = Store::open_or_init(&tmp.path().join("b.git")).unwrap();
-        let ida = Identity::from_secret_bytes(&[1; 32]);
+        let (tmp, a, b, ida) = two_stores();
         for n in 0..5 {
             a.append(&ida, &[mem(&ida, n)], "m").unwrap();
         }
@@ -849,10 +801,7 @@ mod tests {
 
     #[test]
     fn trees_travel_as_deltas_against_their_previous_version() {
-        let tmp = tempfile::tempdir().unwrap();
-        let a = Store::open_or_init(&tmp.path().join("a.git")).unwrap();
-        let b = Store::open_or_init(&tmp.path().join("b.git")).unwrap();
-        let ida = Identity::from_secret_bytes(&[1; 32]);
+        let (tmp, a, b, ida) = two_stores();
         // One commit per memory, as `remember` makes them: each commit
         // rewrites the root, the 256-entry `memories` tree and one shard.
         for n in 0..120 {
@@ -967,11 +916,8 @@ mod tests {
 
     #[test]
     fn bad_bundles_apply_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let a = Store::open_or_init(&tmp.path().join("a.git")).unwrap();
-        let b = Store::open_or_init(&tmp.path().join("b.git")).unwrap();
+        let (tmp, a, b, ida) = two_stores();
         let c = Store::open_or_init(&tmp.path().join("c.git")).unwrap();
-        let ida = Identity::from_secret_bytes(&[1; 32]);
         a.append(&ida, &[mem(&ida, 0)], "m").unwrap();
         let have = a.branches().unwrap();
         a.append(&ida, &[mem(&ida, 1)], "m").unwrap();

@@ -581,3 +581,39 @@ pub(crate) fn read_blob(repo: &Repository, oid: Oid, max: usize) -> Result<Vec<u
     let data = obj.data().to_vec();
     Ok(data)
 }
+
+/// Runs `f` over `items` split into contiguous parts, one per core (at most
+/// 8) when there are at least `min` items, each part with its own handle on
+/// `repo` (a `Repository` is not shared between threads); the results come
+/// back in the order of the parts.
+pub(crate) fn par_parts<T: Sync, R: Send>(
+    repo: &Repository,
+    items: &[T],
+    min: usize,
+    f: impl Fn(&Repository, &[T]) -> R + Sync,
+) -> Result<Vec<R>, git2::Error> {
+    let threads = if items.len() < min {
+        1
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, 8)
+    };
+    if threads == 1 {
+        return Ok(vec![f(repo, items)]);
+    }
+    let chunk = items.len().div_ceil(threads).max(1);
+    let git_dir = repo.path();
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| s.spawn(move || Ok(f(&Repository::open(git_dir)?, part))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker thread panicked"))
+            .collect()
+    })
+}

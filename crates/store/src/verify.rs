@@ -209,38 +209,11 @@ impl Store {
         }
         // 2. Read, parse and check every added memory, signatures batched,
         // on all cores (each thread with its own handle on the repository).
-        let threads = if added.len() < 256 {
-            1
-        } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .clamp(1, 8)
-        };
-        let chunk = added.len().div_ceil(threads).max(1);
-        let git_dir = repo.path().to_path_buf();
-        let results: Vec<Result<(), String>> = if threads == 1 {
-            check_added(repo, &added, owner)
-        } else {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = added
-                    .chunks(chunk)
-                    .map(|part| {
-                        let git_dir = &git_dir;
-                        s.spawn(move || match git2::Repository::open(git_dir) {
-                            Ok(r) => check_added(&r, part, owner),
-                            Err(e) => {
-                                vec![Err(format!("cannot open the repository: {e}")); part.len()]
-                            }
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().expect("verification thread panicked"))
-                    .collect()
-            })
-        };
+        let results: Vec<Result<(), String>> =
+            crate::repo::par_parts(repo, &added, 256, |r, part| check_added(r, part, owner))?
+                .into_iter()
+                .flatten()
+                .collect();
         for (a, r) in added.iter().zip(results) {
             match r {
                 Ok(()) => report.memories += 1,
