@@ -3,25 +3,11 @@
 use std::time::{Duration, SystemTime};
 
 use mmogit_identity::Identity;
-use mmogit_store::{branch_name, Filter, MemoryType, NewMemory, Store, VerifiedMemory};
+use mmogit_store::{branch_name, Filter, MemoryType, Store, VerifiedMemory};
 
-fn new(kind: MemoryType, content: &str, tags: &[&str]) -> NewMemory {
-    NewMemory {
-        kind,
-        content: content.into(),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
-        confidence: None,
-        private: false,
-    }
-}
+mod common;
 
-fn remember(store: &Store, id: &Identity, n: NewMemory) -> VerifiedMemory {
-    let m = VerifiedMemory::create(id, n).unwrap();
-    store
-        .append(id, std::slice::from_ref(&m), "remember")
-        .unwrap();
-    m
-}
+use common::{new, remember};
 
 #[test]
 fn append_and_recall_newest_first_with_filters() {

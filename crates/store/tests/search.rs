@@ -7,27 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use mmogit_identity::Identity;
 use mmogit_store::{
-    branch_name, Filter, MemoryType, NewMemory, SearchQuery, SearchResult, Store, StoreError,
-    VerifiedMemory,
+    branch_name, Filter, MemoryType, SearchQuery, SearchResult, Store, StoreError, VerifiedMemory,
 };
 
-fn new(kind: MemoryType, content: &str, tags: &[&str]) -> NewMemory {
-    NewMemory {
-        kind,
-        content: content.into(),
-        tags: tags.iter().map(|t| t.to_string()).collect(),
-        confidence: None,
-        private: false,
-    }
-}
+mod common;
 
-fn remember(store: &Store, id: &Identity, n: NewMemory) -> VerifiedMemory {
-    let m = VerifiedMemory::create(id, n).unwrap();
-    store
-        .append(id, std::slice::from_ref(&m), "remember")
-        .unwrap();
-    m
-}
+use common::{new, remember};
 
 fn text(store: &Store, id: &Identity, content: &str) -> VerifiedMemory {
     remember(store, id, new(MemoryType::Learning, content, &[]))
