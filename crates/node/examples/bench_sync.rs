@@ -132,6 +132,30 @@ fn trust(peers: &Path, key: mmogit_identity::PublicKey, addr: Option<String>) {
     s.save().unwrap();
 }
 
+/// What B asks of A: pull into `repo` as `me`, default limits.
+fn client_sync(repo: &Path, me: &Identity, timeout_s: u64) -> ClientSync {
+    ClientSync {
+        repo: repo.to_path_buf(),
+        me: me.public_key(),
+        max_transfer: DEFAULT_MAX_TRANSFER,
+        max_rate: None,
+        chunk_size: MAX_CHUNK,
+        timeout: Duration::from_secs(timeout_s),
+    }
+}
+
+/// A session from `me` to the node at `addr`, which must hold `them`'s key.
+async fn dial(addr: &str, me: &Arc<Identity>, them: &Identity) -> Connection {
+    connect(
+        addr,
+        me.clone(),
+        Some(them.public_key()),
+        &ClientConfig::default(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n: usize = std::env::var("MMOGIT_BENCH_N")
@@ -182,23 +206,9 @@ async fn main() {
         git_full.push(t.elapsed());
         let b_repo = dir.path().join(format!("b{r}.git"));
         Store::open_or_init(&b_repo).unwrap();
-        let cfg = ClientSync {
-            repo: b_repo.clone(),
-            me: idb.public_key(),
-            max_transfer: DEFAULT_MAX_TRANSFER,
-            max_rate: None,
-            chunk_size: MAX_CHUNK,
-            timeout: Duration::from_secs(120),
-        };
+        let cfg = client_sync(&b_repo, &idb, 120);
         let t = Instant::now();
-        let mut conn = connect(
-            &addr,
-            idb.clone(),
-            Some(ida.public_key()),
-            &ClientConfig::default(),
-        )
-        .await
-        .unwrap();
+        let mut conn = dial(&addr, &idb, &ida).await;
         let out = sync_connection(&mut conn, &cfg, &|_, _, _| {})
             .await
             .unwrap();
@@ -210,22 +220,8 @@ async fn main() {
     // 2. Incremental: 10 new memories (10 commits), open session vs git fetch.
     let b_repo = dir.path().join("b0.git");
     let clone = dir.path().join("clone0.git");
-    let cfg = ClientSync {
-        repo: b_repo.clone(),
-        me: idb.public_key(),
-        max_transfer: DEFAULT_MAX_TRANSFER,
-        max_rate: None,
-        chunk_size: MAX_CHUNK,
-        timeout: Duration::from_secs(60),
-    };
-    let mut conn = connect(
-        &addr,
-        idb.clone(),
-        Some(ida.public_key()),
-        &ClientConfig::default(),
-    )
-    .await
-    .unwrap();
+    let cfg = client_sync(&b_repo, &idb, 60);
+    let mut conn = dial(&addr, &idb, &ida).await;
     let mut git_inc = vec![];
     let mut p2p_inc = vec![];
     let branch = format!("refs/heads/users/{}", ida.public_key().to_hex());
