@@ -255,3 +255,36 @@ fn serve_keeps_trusted_peers_connected_across_restarts() {
     let st = a.run(&["p2p", "status", "--json"]).json();
     assert_eq!(st["serving"], false);
 }
+
+#[test]
+fn adding_a_git_url_that_cannot_be_read_fails_with_the_network_codes() {
+    let h = TestHome::init();
+    let missing = h.run(&["p2p", "add", "/nonexistent/memories.git", "--yes"]);
+    assert_eq!(missing.code, 10, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("cannot read git repository"),
+        "{}",
+        missing.stderr
+    );
+    // A remote that never answers: cut off by --timeout.
+    let started = std::time::Instant::now();
+    let out = h
+        .cmd()
+        .args([
+            "p2p",
+            "add",
+            "ssh://peer.invalid/m.git",
+            "--yes",
+            "--timeout",
+            "1s",
+        ])
+        .env("GIT_SSH_COMMAND", "sleep 30;:")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    assert_eq!(out.status.code(), Some(11));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("took longer than 1s"), "{err}");
+    assert!(h.run(&["p2p", "list", "--json"]).stdout.contains("[]"));
+}

@@ -205,8 +205,11 @@ fn add_git(
     })
 }
 
-/// `users/<key>` branches of a git remote, listed by `git ls-remote`.
-fn remote_users(url: &str, timeout: Duration) -> Result<Vec<PublicKey>> {
+/// The authors of the `users/<key>` branches of a git remote, listed by
+/// `git ls-remote` within `timeout` (then [`Error::Node`] with
+/// `NodeError::Timeout`); a remote that cannot be read is
+/// [`Error::Unreachable`].
+pub fn remote_users(url: &str, timeout: Duration) -> Result<Vec<PublicKey>> {
     let io = |e: std::io::Error| Error::Other(format!("running git (is it installed?): {e}"));
     let mut child = Command::new("git")
         .args(["ls-remote", "--", url, "refs/heads/users/*"])
@@ -223,9 +226,10 @@ fn remote_users(url: &str, timeout: Duration) -> Result<Vec<PublicKey>> {
         }
         if std::time::Instant::now() > deadline {
             let _ = child.kill();
-            return Err(Error::Unreachable(format!(
+            return Err(mmogit_node::NodeError::Timeout(format!(
                 "git ls-remote {url} took longer than {timeout:?}"
-            )));
+            ))
+            .into());
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -17,7 +17,7 @@ mod server;
 pub mod sync;
 
 pub use agent::Agent;
-pub use discovery::{connect_to_peer, Discovery, PeerAdded};
+pub use discovery::{connect_to_peer, remote_users, Discovery, PeerAdded};
 pub use error::{Error, Result};
 pub use server::{Event, Events, P2PServer, ServerHandle};
 pub use sync::{PeerSyncResult, Refusal, SyncOptions, SyncProgress, SyncTarget};

@@ -1,7 +1,7 @@
 //! `mmogit p2p add`: trust a peer by address (after a handshake) or by git URL.
 
 use std::io::IsTerminal;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,55 +170,11 @@ fn add_address(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `users/<key>` branches of a git remote, listed by `git ls-remote`.
-fn remote_users(url: &str, timeout: Duration) -> anyhow::Result<Vec<PublicKey>> {
-    let mut child = Command::new("git")
-        .args(["ls-remote", "--", url, "refs/heads/users/*"])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("running git (is it installed?)")?;
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(Exit::new(
-                crate::exit::code::TIMEOUT,
-                format!("git ls-remote {url} took longer than {timeout:?}"),
-            )
-            .into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        return Err(Exit::new(
-            crate::exit::code::UNREACHABLE,
-            format!(
-                "cannot read git repository {url}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        )
-        .into());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split('\t').nth(1))
-        .filter_map(mmogit_store::parse_branch_name)
-        .collect())
-}
-
 fn add_git(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let me = ctx.home.load_identity()?.public_key();
     let store = ctx.home.open_store()?;
     let url = args.target.clone();
-    let users = remote_users(&url, args.timeout)?;
+    let users = mmogit::api::remote_users(&url, args.timeout)?;
     let pk = match (args.pubkey, users.as_slice()) {
         (Some(pk), _) => {
             if !users.contains(&pk) {
