@@ -23,7 +23,8 @@ use std::str::FromStr;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use curve25519_dalek::edwards::CompressedEdwardsY;
+use ed25519_dalek::{Signer, SigningKey};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
@@ -77,16 +78,58 @@ type Result<T> = std::result::Result<T, IdentityError>;
 
 /// An Ed25519 public key: the identity of an agent on the network.
 ///
-/// Displayed and serialized as 64 lowercase hex characters.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(VerifyingKey);
+/// Displayed and serialized as 64 lowercase hex characters. Only keys that
+/// someone can hold the secret of are accepted: the 32 bytes must be the
+/// canonical encoding of a curve point that is not of small order (the eight
+/// points of order 1, 2, 4 or 8 are refused: under them a signature with
+/// `R` of small order and `s = 0` would verify for any message, with no
+/// secret at all). Signatures are checked with the ZIP-215 rules, see
+/// [`PublicKey::verify`] and `docs/MEMORY_FORMAT.md`.
+#[derive(Clone, Copy)]
+pub struct PublicKey(ed25519_zebra::VerificationKey);
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for PublicKey {}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state)
+    }
+}
+
+thread_local! {
+    /// The last key parsed on this thread: memories of one author are read in
+    /// runs, and a key parse costs two point decompressions.
+    static LAST_KEY: std::cell::Cell<Option<PublicKey>> = const { std::cell::Cell::new(None) };
+}
 
 impl PublicKey {
-    /// Parses 32 raw bytes (rejects points that are not valid keys).
+    /// Parses 32 raw bytes. Refused: bytes that are not a point, a
+    /// non-canonical encoding of a point, and points of small order.
     pub fn from_bytes(bytes: &[u8; PUBLIC_KEY_LEN]) -> Result<Self> {
-        VerifyingKey::from_bytes(bytes)
+        if let Some(k) = LAST_KEY.get().filter(|k| k.as_bytes() == bytes) {
+            return Ok(k);
+        }
+        let bad = |why: &str| Err(IdentityError::InvalidPublicKey(why.into()));
+        let Some(point) = CompressedEdwardsY(*bytes).decompress() else {
+            return bad("not a point on the curve");
+        };
+        if point.compress().as_bytes() != bytes {
+            return bad("not the canonical encoding of its point");
+        }
+        if point.is_small_order() {
+            return bad("weak key: a point of small order, under which signatures can be forged");
+        }
+        let key = ed25519_zebra::VerificationKey::try_from(*bytes)
             .map(PublicKey)
-            .map_err(|e| IdentityError::InvalidPublicKey(e.to_string()))
+            .map_err(|e| IdentityError::InvalidPublicKey(e.to_string()))?;
+        LAST_KEY.set(Some(key));
+        Ok(key)
     }
 
     /// Parses a slice that must be exactly 32 bytes long.
@@ -99,7 +142,8 @@ impl PublicKey {
 
     /// Raw 32 bytes.
     pub fn as_bytes(&self) -> &[u8; PUBLIC_KEY_LEN] {
-        self.0.as_bytes()
+        let b: &[u8] = self.0.as_ref();
+        b.try_into().expect("a verification key is 32 bytes")
     }
 
     /// 64 lowercase hex characters.
@@ -114,16 +158,16 @@ impl PublicKey {
         h
     }
 
-    /// Verifies `sig` over `msg` (strict: rejects malleable and weak-key signatures).
+    /// Verifies `sig` over `msg` with the ZIP-215 rules: `s` must be
+    /// canonical (`s < L`), `R` must decode to a curve point, and the
+    /// cofactored equation `[8][s]B = [8]R + [8][k]A` must hold, with
+    /// `k = SHA-512(R_bytes || A_bytes || msg) mod L`. [`verify_batch`] uses
+    /// the same equation, so a signature gets the same verdict alone or in
+    /// any batch. (Weak keys never get this far: see [`PublicKey::from_bytes`].)
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<()> {
         self.0
-            .verify_strict(msg, &sig.0)
+            .verify(&sig.0, msg)
             .map_err(|_| IdentityError::BadSignature)
-    }
-
-    /// The underlying dalek key, for batch verification.
-    pub fn as_dalek(&self) -> &VerifyingKey {
-        &self.0
     }
 }
 
@@ -198,11 +242,6 @@ impl Signature {
     pub fn to_hex(&self) -> String {
         hex::encode(self.to_bytes())
     }
-
-    /// The underlying dalek signature, for batch verification.
-    pub fn as_dalek(&self) -> &ed25519_dalek::Signature {
-        &self.0
-    }
 }
 
 impl fmt::Debug for Signature {
@@ -248,14 +287,26 @@ impl<'de> Deserialize<'de> for Signature {
 
 /// Verifies many (message, signature, key) triples at once; about twice as
 /// fast per signature as one by one. Fails if any one of them is bad.
+///
+/// The batch equation is the cofactored one of [`PublicKey::verify`] over a
+/// random linear combination, so a batch passes exactly when every
+/// signature in it passes alone (but for a chance of 2^-128 per bad batch).
 pub fn verify_batch(
     messages: &[&[u8]],
     signatures: &[Signature],
     keys: &[PublicKey],
 ) -> Result<()> {
-    let sigs: Vec<ed25519_dalek::Signature> = signatures.iter().map(|s| s.0).collect();
-    let keys: Vec<VerifyingKey> = keys.iter().map(|k| k.0).collect();
-    ed25519_dalek::verify_batch(messages, &sigs, &keys).map_err(|_| IdentityError::BadSignature)
+    if messages.len() != signatures.len() || messages.len() != keys.len() {
+        return Err(IdentityError::BadSignature);
+    }
+    let mut batch = ed25519_zebra::batch::Verifier::new();
+    for ((msg, sig), key) in messages.iter().zip(signatures).zip(keys) {
+        let vk = ed25519_zebra::VerificationKeyBytes::from(*key.as_bytes());
+        batch.queue((vk, sig.0, msg));
+    }
+    batch
+        .verify(rand::thread_rng())
+        .map_err(|_| IdentityError::BadSignature)
 }
 
 /// A 24-word BIP39 recovery phrase. Wiped from memory when dropped.
@@ -277,6 +328,7 @@ impl fmt::Debug for RecoveryPhrase {
 /// An agent's secret identity: signs memories and protocol messages.
 pub struct Identity {
     signing: SigningKey,
+    public: PublicKey,
     private_key: Zeroizing<[u8; 32]>,
 }
 
@@ -347,15 +399,18 @@ impl Identity {
         let mut private_key = Zeroizing::new([0u8; 32]);
         hk.expand(PRIVATE_KDF_INFO, private_key.as_mut())
             .expect("32 bytes is a valid HKDF-SHA256 output length");
+        let public = PublicKey::from_bytes(signing.verifying_key().as_bytes())
+            .expect("a key derived from a secret is a canonical point of prime order");
         Identity {
             signing,
+            public,
             private_key,
         }
     }
 
     /// The public half.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey(self.signing.verifying_key())
+        self.public
     }
 
     /// Signs `msg`.
