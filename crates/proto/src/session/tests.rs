@@ -798,3 +798,28 @@ proptest! {
         prop_assert!(!feed_random(&mut a2, &stream, split));
     }
 }
+
+#[test]
+fn hello_with_a_weak_key_is_refused_before_any_signature_check() {
+    // Under the identity point as key, R = identity and s = 0 verify for any
+    // message: a Hello claiming it needs no secret. The key is refused.
+    let hello = Hello {
+        pubkey: format!("01{}", "0".repeat(62)),
+        ..test_hello()
+    };
+    let payload = Message::Hello(hello).encode_payload();
+    let mut forged = [0u8; 64];
+    forged[0] = 1;
+    let frame = encode_frame(MsgType::Hello, &payload, &forged).unwrap();
+    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
+    a.poll_transmit();
+    let err = a.handle_input(Instant::now(), &frame).unwrap_err();
+    assert!(
+        matches!(&err, ProtoError::InvalidPayload { reason, .. } if reason.contains("small order")),
+        "{err:?}"
+    );
+    assert!(a.is_closed());
+    assert!(a
+        .poll_event()
+        .is_none_or(|e| !matches!(e, Event::AuthorizationRequired(_))));
+}
