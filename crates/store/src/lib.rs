@@ -27,8 +27,8 @@ pub use query::{Filter, RecallResult, Warning};
 pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX};
 pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
 pub use sync::{
-    BranchIngest, BundleInfo, IngestReport, IngestStatus, DEFAULT_BUNDLE_TIMEOUT, EVIDENCE_PREFIX,
-    QUARANTINE_PREFIX,
+    BranchIngest, BundleInfo, Incoming, IngestReport, IngestStatus, DEFAULT_BUNDLE_TIMEOUT,
+    EVIDENCE_PREFIX, QUARANTINE_PREFIX,
 };
 pub use verify::{Problem, VerifyReport};
 

@@ -128,19 +128,52 @@ impl Store {
     }
 
     /// Every `users/*` branch with its tip. Refs under `users/` whose name is
-    /// not a valid public key are skipped with a log line.
+    /// not a valid public key are skipped with a log line (and reported by
+    /// [`Store::invalid_branches`]).
     pub fn branches(&self) -> Result<Vec<(PublicKey, Oid)>, StoreError> {
+        let (out, bad) = self.branches_under(BRANCH_PREFIX)?;
+        for (name, _, why) in bad {
+            tracing::warn!(
+                refname = name,
+                reason = why,
+                "ignoring ref that is not users/<pubkey>"
+            );
+        }
+        Ok(out)
+    }
+
+    /// Refs under `refs/heads/users/` whose name is not a valid public key
+    /// (e.g. a weak key: nobody holds its secret, anyone can sign for it),
+    /// with their tips and why.
+    pub fn invalid_branches(&self) -> Result<Vec<(String, Option<Oid>, String)>, StoreError> {
+        Ok(self.branches_under(BRANCH_PREFIX)?.1)
+    }
+
+    /// The refs under `prefix` (which ends in `users/`), split into those
+    /// named by a valid key (sorted by key) and the others, with the reason.
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn branches_under(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<(PublicKey, Oid)>, Vec<(String, Option<Oid>, String)>), StoreError> {
         let mut out = Vec::new();
-        for r in self.repo.references_glob(&format!("{BRANCH_PREFIX}*"))? {
+        let mut bad = Vec::new();
+        for r in self.repo.references_glob(&format!("{prefix}*"))? {
             let r = r?;
             let Some(name) = r.name() else { continue };
-            match (parse_branch_name(name), r.target()) {
-                (Some(pk), Some(oid)) => out.push((pk, oid)),
-                _ => tracing::warn!(refname = name, "ignoring ref that is not users/<pubkey>"),
+            let key = name
+                .strip_prefix(prefix)
+                .unwrap_or(name)
+                .parse::<PublicKey>()
+                .map_err(|e| e.to_string());
+            match (key, r.target()) {
+                (Ok(pk), Some(oid)) => out.push((pk, oid)),
+                (Ok(_), None) => bad.push((name.to_string(), None, "a symbolic ref".into())),
+                (Err(e), oid) => bad.push((name.to_string(), oid, e)),
             }
         }
         out.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        Ok(out)
+        Ok((out, bad))
     }
 
     /// Tip of `author`'s branch.

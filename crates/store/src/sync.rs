@@ -89,6 +89,15 @@ pub struct BranchIngest {
     pub error: Option<String>,
 }
 
+/// What [`Store::fetch_into_quarantine`] brought in.
+#[derive(Debug, Clone, Default)]
+pub struct Incoming {
+    /// The branches named by a valid key, with their tips, sorted by key.
+    pub tips: Vec<(PublicKey, Oid)>,
+    /// Refs under `users/` refused for their name (not a valid key).
+    pub refused: Vec<Problem>,
+}
+
 /// The outcome of [`Store::accept_incoming`], one entry per incoming branch.
 #[derive(Debug, Clone, Default)]
 pub struct IngestReport {
@@ -348,14 +357,14 @@ impl Store {
     /// Fetches every `users/*` branch of `source` (a git URL, a remote name,
     /// a path or a bundle file) into `refs/quarantine/<tag>/users/*`, after
     /// deleting stale quarantine refs. Never touches `refs/heads`. Returns the
-    /// incoming branch tips; refs whose name is not `users/<64 hex key>` are
-    /// dropped with a log line. `tag`: 1–64 letters, digits, `-` or `_`.
+    /// incoming branch tips; refs whose name is not `users/<valid key>` (not
+    /// hex, or a weak key) are dropped and returned as refused. `tag`: 1–64 letters, digits, `-` or `_`.
     pub fn fetch_into_quarantine(
         &self,
         source: &str,
         tag: &str,
         timeout: Duration,
-    ) -> Result<Vec<(PublicKey, Oid)>, StoreError> {
+    ) -> Result<Incoming, StoreError> {
         check_tag(tag)?;
         let stale = self.delete_refs_under(QUARANTINE_PREFIX)?;
         if stale > 0 {
@@ -389,33 +398,28 @@ impl Store {
                 message: out.stderr_text(),
             });
         }
-        let mut tips = Vec::new();
-        let mut bad = Vec::new();
-        for r in self.git().references_glob(&format!("{prefix}*"))? {
-            let r = r?;
-            let Some(name) = r.name() else { continue };
-            let key = name
-                .strip_prefix(&prefix)
-                .and_then(|k| k.parse::<PublicKey>().ok());
-            match (key, r.target()) {
-                (Some(pk), Some(oid)) => tips.push((pk, oid)),
-                _ => {
-                    tracing::warn!(
-                        source,
-                        refname = name,
-                        "ignoring incoming ref that is not users/<pubkey>"
-                    );
-                    bad.push(name.to_string());
-                }
-            }
-        }
-        for name in bad {
+        let (tips, bad) = self.branches_under(&prefix)?;
+        let mut refused = Vec::new();
+        for (name, oid, why) in bad {
+            tracing::warn!(
+                source,
+                refname = name,
+                reason = why,
+                "refusing incoming ref that is not users/<valid public key>"
+            );
             if let Ok(mut r) = self.git().find_reference(&name) {
                 let _ = r.delete();
             }
+            let branch = name.strip_prefix(&prefix).unwrap_or(&name);
+            refused.push(Problem {
+                branch: format!("users/{branch}"),
+                commit: oid.map(|o| o.to_string()),
+                path: None,
+                memory: None,
+                reason: format!("the branch is not named by a valid public key: {why}"),
+            });
         }
-        tips.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        Ok(tips)
+        Ok(Incoming { tips, refused })
     }
 
     /// Verifies and applies incoming branch tips (from

@@ -93,6 +93,19 @@ impl Store {
     /// Verifies every `users/*` branch from its root.
     pub fn verify_all(&self) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport::default();
+        for (name, tip, why) in self.invalid_branches()? {
+            report.branches += 1;
+            report.problems.push(Problem {
+                branch: name
+                    .strip_prefix("refs/heads/")
+                    .unwrap_or(&name)
+                    .to_string(),
+                commit: tip.map(|t| t.to_string()),
+                path: None,
+                memory: None,
+                reason: format!("the branch is not named by a valid public key: {why}"),
+            });
+        }
         for (owner, tip) in self.branches()? {
             let r = self.verify_history(&owner, tip, None)?;
             report.branches += 1;

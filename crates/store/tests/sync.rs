@@ -53,7 +53,7 @@ fn remember(store: &Store, who: &Identity, text: &str) -> VerifiedMemory {
 
 /// Fetches `source` into `into` and accepts what verifies.
 fn ingest(into: &Store, source: &str) -> IngestReport {
-    let incoming = into.fetch_into_quarantine(source, "test", T).unwrap();
+    let incoming = into.fetch_into_quarantine(source, "test", T).unwrap().tips;
     let report = into.accept_incoming("test", &incoming).unwrap();
     // (A git process orphaned by a killed ingest may still write its own
     // quarantine refs; ours are gone.)
@@ -434,7 +434,8 @@ fn interrupted_ingest_leaves_heads_untouched_and_the_next_one_completes() {
     let incoming = c
         .store
         .fetch_into_quarantine(path_str(&a.path), "first", T)
-        .unwrap();
+        .unwrap()
+        .tips;
     assert_eq!(incoming.len(), 1);
     assert_eq!(heads(&c.store), before);
     let q = c.store.quarantine_refs().unwrap();
@@ -449,7 +450,8 @@ fn interrupted_ingest_leaves_heads_untouched_and_the_next_one_completes() {
     let incoming = c
         .store
         .fetch_into_quarantine(path_str(&a.path), "second", T)
-        .unwrap();
+        .unwrap()
+        .tips;
     let q = c.store.quarantine_refs().unwrap();
     assert_eq!(q.len(), 1);
     assert!(q[0].0.starts_with("refs/quarantine/second/"));
@@ -488,7 +490,8 @@ fn bad_sources_and_tags_are_errors_without_side_effects() {
     let incoming = c
         .store
         .fetch_into_quarantine(path_str(&a.path), "t", T)
-        .unwrap();
+        .unwrap()
+        .tips;
     assert_eq!(incoming, vec![(ida.public_key(), tip)]);
     assert_eq!(c.store.quarantine_refs().unwrap().len(), 1);
 }
@@ -535,7 +538,8 @@ fn ingest_child_process() {
     loop {
         let incoming = store
             .fetch_into_quarantine(source.to_str().unwrap(), "child", T)
-            .unwrap();
+            .unwrap()
+            .tips;
         store.accept_incoming("child", &incoming).unwrap();
     }
 }

@@ -457,9 +457,19 @@ fn sync_git(
     progress("fetching");
     let incoming = store.fetch_into_quarantine(&url, &tag, timeout)?;
     progress("verifying");
-    let report = store.accept_incoming(&tag, &incoming)?;
+    let report = store.accept_incoming(&tag, &incoming.tips)?;
     r.received = report.memories_added();
     r.branches = report.with_status(IngestStatus::Accepted).count();
+    for p in &incoming.refused {
+        r.refused.push(Refusal {
+            branch: p.branch.clone(),
+            reason: p.reason.clone(),
+            memory: None,
+            path: None,
+            commit: p.commit.clone(),
+            evidence: None,
+        });
+    }
     push_refusals(r, &report);
     let mut failures = Vec::new();
     for b in report.with_status(IngestStatus::Failed) {
@@ -472,6 +482,7 @@ fn sync_git(
     // Push our own branch when the peer lacks some of it.
     if let Some(ours) = store.tip(me)? {
         let theirs = incoming
+            .tips
             .iter()
             .find(|(pk, _)| pk == me)
             .map(|(_, oid)| *oid);
