@@ -341,3 +341,18 @@ fn crafted_memories_get_the_same_verdict_from_sync_verify_and_recall() {
         }
     }
 }
+
+#[test]
+fn weak_keys_are_refused_as_peers_and_in_every_key_argument() {
+    let h = TestHome::init();
+    let weak = format!("01{}", "0".repeat(62));
+    for args in [
+        vec!["p2p", "add", "127.0.0.1:9", "--pubkey", &weak, "--yes"],
+        vec!["p2p", "add", "/nonexistent.git", "--pubkey", &weak],
+    ] {
+        let err = h.run(&args).fails_with(2);
+        assert!(err.contains("small order"), "{err}");
+        assert!(!err.contains("give all 64"), "{err}");
+    }
+    assert!(!h.home.join("peers.json").exists() || !h.run(&["p2p", "list"]).ok().contains(&weak));
+}

@@ -124,7 +124,10 @@ pub fn resolve_target(
 pub fn parse_pubkey(s: &str) -> Result<PublicKey, String> {
     s.to_ascii_lowercase()
         .parse::<PublicKey>()
-        .map_err(|e| format!("{e} (give all 64 hex characters)"))
+        .map_err(|e| match s.len() {
+            64 => e.to_string(),
+            _ => format!("{e} (give all 64 hex characters)"),
+        })
 }
 
 /// Formats unix seconds as RFC 3339, or "never".
