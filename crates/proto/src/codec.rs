@@ -15,6 +15,10 @@ use crate::message::MsgType;
 
 /// Largest frame body accepted or sent: 10 MiB.
 pub const MAX_FRAME_LEN: usize = 10 * 1024 * 1024;
+/// Largest frame body accepted before the session is authenticated (the
+/// Hello and the authentication Ping/Pong): 4 KiB. A stranger can make us
+/// hold at most this much per connection.
+pub const PRE_AUTH_MAX_FRAME_LEN: usize = 4096;
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 4;
 
@@ -169,6 +173,12 @@ impl FrameDecoder {
             }
             Ok(None)
         }
+    }
+
+    /// Changes the largest body accepted from the next frame header on (at
+    /// most [`MAX_FRAME_LEN`]).
+    pub fn set_max_len(&mut self, max_len: usize) {
+        self.max_len = max_len.min(MAX_FRAME_LEN);
     }
 
     /// True while a frame has started (some header or body bytes buffered).

@@ -15,7 +15,9 @@ pub mod error;
 pub mod message;
 pub mod session;
 
-pub use codec::{encode_frame, FrameDecoder, NetworkMessage, RawMessage, MAX_FRAME_LEN};
+pub use codec::{
+    encode_frame, FrameDecoder, NetworkMessage, RawMessage, MAX_FRAME_LEN, PRE_AUTH_MAX_FRAME_LEN,
+};
 pub use error::ProtoError;
 pub use message::{
     reasons, BranchTip, Bye, GitBundle, Hello, IngestSummary, MemoryRequest, MemoryResponse,

@@ -29,7 +29,7 @@ use mmogit_identity::{Identity, PublicKey, Signature};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::codec::{encode_frame, FrameDecoder, RawMessage, MAX_FRAME_LEN};
+use crate::codec::{encode_frame, FrameDecoder, RawMessage, MAX_FRAME_LEN, PRE_AUTH_MAX_FRAME_LEN};
 use crate::error::ProtoError;
 use crate::message::{
     reasons, Bye, Hello, Message, MsgType, MAX_PING_LEN, MAX_REASON_LEN, NONCE_LEN, PROTOCOL_NAME,
@@ -95,7 +95,8 @@ pub struct SessionConfig {
     pub heartbeat_interval: Duration,
     /// A frame that has started must be complete within this time.
     pub frame_timeout: Duration,
-    /// Largest frame body accepted (at most 10 MiB).
+    /// Largest frame body accepted once the session is established (at most
+    /// 10 MiB); before that, at most [`PRE_AUTH_MAX_FRAME_LEN`].
     pub max_frame_len: usize,
 }
 
@@ -360,7 +361,7 @@ impl Session {
         transmit.push_back(frame);
         Session {
             role,
-            decoder: FrameDecoder::new(config.max_frame_len),
+            decoder: FrameDecoder::new(config.max_frame_len.min(PRE_AUTH_MAX_FRAME_LEN)),
             identity,
             config,
             expected,
@@ -448,27 +449,38 @@ impl Session {
         // Every frame completed by this input, then the first decoding error
         // (if any): frames before the error are processed first, as if they
         // had arrived alone.
-        let mut bodies = Vec::new();
-        let mut decode_error = None;
-        loop {
-            match self.decoder.decode(&mut data) {
-                Ok(Some(body)) => bodies.push(body),
-                Ok(None) => break,
-                Err(e) => {
-                    decode_error = Some(e);
-                    break;
+        // Until the session is established frames are taken one at a time:
+        // the frame limit rises (pre-authentication 4 KiB, then
+        // `max_frame_len`) only once the handshake is done.
+        while !data.is_empty() && !self.is_closed() {
+            let one_at_a_time = !self.is_established();
+            let mut bodies = Vec::new();
+            let mut decode_error = None;
+            loop {
+                match self.decoder.decode(&mut data) {
+                    Ok(Some(body)) => {
+                        bodies.push(body);
+                        if one_at_a_time {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        decode_error = Some(e);
+                        break;
+                    }
                 }
             }
-        }
-        if !bodies.is_empty() {
-            self.frame_started = None;
-        }
-        if let Err(e) = self.on_frames(now, bodies) {
-            return self.fail(now, e);
-        }
-        if let Some(e) = decode_error {
-            if !self.is_closed() {
+            if !bodies.is_empty() {
+                self.frame_started = None;
+            }
+            if let Err(e) = self.on_frames(now, bodies) {
                 return self.fail(now, e);
+            }
+            if let Some(e) = decode_error {
+                if !self.is_closed() {
+                    return self.fail(now, e);
+                }
             }
         }
         if self.decoder.in_frame() && self.frame_started.is_none() {
@@ -631,6 +643,7 @@ impl Session {
 
     fn establish(&mut self) {
         self.state = State::Established;
+        self.decoder.set_max_len(self.config.max_frame_len);
         let peer = self.peer.clone().expect("peer known once Hello verified");
         let session_id = self
             .session_id

@@ -823,3 +823,121 @@ fn hello_with_a_weak_key_is_refused_before_any_signature_check() {
         .poll_event()
         .is_none_or(|e| !matches!(e, Event::AuthorizationRequired(_))));
 }
+
+fn big_bundle(n: usize) -> Message {
+    Message::GitBundle(crate::message::GitBundle {
+        transfer_id: "t".into(),
+        index: 0,
+        total_size: n as u64,
+        sha256: "0".repeat(64),
+        data: vec![7; n],
+    })
+}
+
+#[test]
+fn before_authentication_a_frame_is_at_most_4_kib() {
+    for role in [Role::Acceptor, Role::Initiator] {
+        let mk = || match role {
+            Role::Acceptor => {
+                Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now())
+            }
+            Role::Initiator => Session::initiator(
+                id(2),
+                cfg(),
+                None,
+                [0; 32],
+                Box::new(FillRng(1)),
+                Instant::now(),
+            ),
+        };
+        // The largest allowed frame, nearly all sent, then a stall: the
+        // session holds no more than the frame.
+        let mut s = mk();
+        let mut partial = (PRE_AUTH_MAX_FRAME_LEN as u32).to_be_bytes().to_vec();
+        partial.extend(vec![b'x'; PRE_AUTH_MAX_FRAME_LEN - 1]);
+        s.handle_input(Instant::now(), &partial).unwrap();
+        assert!(!s.is_closed());
+        assert!(s.buffered_input() <= 2 * PRE_AUTH_MAX_FRAME_LEN, "{role:?}");
+        // One byte more is refused from the header alone, before any body.
+        let mut s = mk();
+        let hdr = (PRE_AUTH_MAX_FRAME_LEN as u32 + 1).to_be_bytes();
+        let err = s.handle_input(Instant::now(), &hdr).unwrap_err();
+        assert!(
+            matches!(err, ProtoError::FrameTooLarge { max, .. } if max == PRE_AUTH_MAX_FRAME_LEN)
+        );
+        assert!(s.is_closed());
+        // So is a 10 MiB declaration (what used to hold 10 MiB per socket).
+        let mut s = mk();
+        let hdr = (MAX_FRAME_LEN as u32).to_be_bytes();
+        assert!(s.handle_input(Instant::now(), &hdr).is_err());
+        assert_eq!(s.buffered_input(), 0);
+    }
+}
+
+#[test]
+fn once_established_large_frames_pass_even_in_the_same_input_as_the_pong() {
+    let mut p = Pair::new(1, 2, None);
+    let f = p.i.poll_transmit().unwrap(); // initiator Hello
+    p.a.handle_input(p.now, &f).unwrap();
+    let f = p.a.poll_transmit().unwrap(); // acceptor Hello
+    p.i.handle_input(p.now, &f).unwrap();
+    let ping = p.i.poll_transmit().unwrap();
+    p.a.handle_input(p.now, &ping).unwrap();
+    while let Some(e) = p.a.poll_event() {
+        if matches!(e, Event::AuthorizationRequired(_)) {
+            p.a.accept(p.now).unwrap();
+        }
+    }
+    assert!(p.a.is_established());
+    // The acceptor's Pong and a 1 MiB message reach the initiator in one read.
+    p.a.send(p.now, big_bundle(1 << 20)).unwrap();
+    let mut input = Vec::new();
+    while let Some(f) = p.a.poll_transmit() {
+        input.extend(f);
+    }
+    assert!(input.len() > 1 << 20);
+    p.i.handle_input(p.now, &input).unwrap();
+    assert!(p.i.is_established());
+    let mut got_bundle = false;
+    while let Some(e) = p.i.poll_event() {
+        if let Event::Message(Message::GitBundle(b)) = e {
+            got_bundle = b.data.len() == 1 << 20;
+        }
+    }
+    assert!(got_bundle);
+    // And the other way.
+    p.i.send(p.now, big_bundle(2 << 20)).unwrap();
+    let f = p.i.poll_transmit().unwrap();
+    p.a.handle_input(p.now, &f).unwrap();
+    assert!(p.a.is_established());
+}
+
+#[test]
+fn the_largest_hello_fits_the_pre_authentication_limit() {
+    let mut versions = vec![u32::MAX; crate::message::MAX_VERSIONS];
+    versions[0] = 1;
+    let hello = Hello {
+        protocol: "mmogit".into(),
+        versions,
+        pubkey: id(9).public_key().to_hex(),
+        nonce: B64.encode([0xffu8; 32]),
+        agent: "a".repeat(crate::message::MAX_AGENT_LEN),
+        listen_port: Some(u16::MAX),
+        capabilities: vec![
+            "c".repeat(crate::message::MAX_CAPABILITY_LEN);
+            crate::message::MAX_CAPABILITIES
+        ],
+    };
+    let payload = Message::Hello(hello).encode_payload();
+    let sig = id(9).sign(&hello_signed_bytes(&payload));
+    let frame = encode_frame(MsgType::Hello, &payload, &sig.to_bytes()).unwrap();
+    assert!(
+        frame.len() - 4 <= PRE_AUTH_MAX_FRAME_LEN,
+        "{} bytes",
+        frame.len() - 4
+    );
+    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
+    a.handle_input(Instant::now(), &frame).unwrap();
+    assert!(!a.is_closed());
+    eprintln!("largest Hello frame body: {} bytes", frame.len() - 4);
+}
