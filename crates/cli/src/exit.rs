@@ -142,8 +142,42 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
     code::FAILURE
 }
 
-/// Prints `error: <message>` (and its causes with -v) and returns the exit code.
+/// True when the error is a write to a closed stdout (`mmogit recall | head -1`):
+/// a normal end for a command-line tool, not a failure.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        let kind = c
+            .downcast_ref::<std::io::Error>()
+            .map(|e| e.kind())
+            .or_else(|| c.downcast_ref::<serde_json::Error>()?.io_error_kind());
+        kind == Some(std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Makes a `println!` into a closed stdout end the process quietly with
+/// success instead of a panic message (the standard macros panic on EPIPE).
+pub fn quiet_broken_pipe_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
+}
+
+/// Prints `error: <message>` (and its causes with -v) and returns the exit
+/// code; a closed stdout is a quiet success.
 pub fn report(err: &anyhow::Error, verbose: u8) -> ExitCode {
+    if is_broken_pipe(err) {
+        return ExitCode::SUCCESS;
+    }
     eprintln!("error: {err}");
     let mut causes = err.chain().skip(1).peekable();
     if verbose > 0 {

@@ -77,6 +77,7 @@ fn init_logging(verbose: u8, quiet: bool, daemon: bool) {
 }
 
 fn main() -> ExitCode {
+    exit::quiet_broken_pipe_panics();
     let cli = Cli::parse();
     init_logging(
         cli.verbose,

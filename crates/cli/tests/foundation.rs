@@ -400,3 +400,38 @@ fn concurrent_remember_processes_all_land() {
     assert_eq!(h.recall_ids(&[]).len(), 8);
     h.run(&["verify"]).ok();
 }
+
+#[test]
+fn a_closed_stdout_is_a_quiet_success() {
+    // `mmogit recall | head -1`: the reader goes away after one line.
+    let h = TestHome::init();
+    let mut lines = String::new();
+    for i in 0..3000 {
+        lines.push_str(&format!(
+            "{{\"content\": \"memory number {i}, long enough to fill the pipe buffer quickly\"}}\n"
+        ));
+    }
+    h.run_stdin(&["import", "-"], &lines).ok();
+    for args in [
+        &["recall", "--limit", "3000"][..],
+        &["recall", "--limit", "3000", "--json"][..],
+    ] {
+        let mut child = h
+            .cmd()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+        assert!(!first.is_empty());
+        drop(out);
+        let res = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(res.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
