@@ -270,3 +270,84 @@ fn node_survives_adversarial_load_and_keeps_serving_a_trusted_peer() {
     assert!(hwm < 64 * 1024, "serve peak RSS {hwm} KiB");
     assert_eq!(serve.terminate(), 0, "still up and stops cleanly");
 }
+
+/// Median of `v`.
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[s.len() / 2]
+}
+
+#[test]
+fn unauthenticated_connections_cannot_make_serve_hold_their_frames() {
+    // 128 connections (all inbound slots: 8 addresses × 16, the per-address
+    // limit) each send the largest frame allowed before authentication,
+    // all but its last byte, and stall. Before the pre-authentication limit
+    // each could declare 10 MiB and send 9.9 MiB: 1 GB held.
+    let (victim, friend) = (TestHome::init(), TestHome::init());
+    let mut s = PeerStore::load(&victim.home.join("peers.json")).unwrap();
+    s.add(
+        friend.pubkey().parse().unwrap(),
+        None,
+        Vec::new(),
+        PeerSource::Manual,
+    );
+    s.save().unwrap();
+    let serve = Serve::start(&victim, &["--no-dial"]);
+    let pid = serve.child.id();
+    let addr: std::net::SocketAddr = serve.addr.parse().unwrap();
+    let fid =
+        Arc::new(mmogit_identity::Identity::load(&friend.home.join("identity.json")).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (rss_before, rss_during, old_refused, during) = rt.block_on(async move {
+        let mut friend_conn = connect(&serve.addr, fid, None, &ClientConfig::default())
+            .await
+            .unwrap();
+        rtts(&mut friend_conn, 10).await;
+        let rss_before = vm_rss_kib(pid);
+        let frame = mmogit_proto::PRE_AUTH_MAX_FRAME_LEN;
+        let mut held = Vec::new();
+        for host in 2..10u8 {
+            for _ in 0..16 {
+                let sock = TcpSocket::new_v4().unwrap();
+                sock.bind(([127, 0, 0, host], 0).into()).unwrap();
+                let Ok(mut c) = sock.connect(addr).await else {
+                    continue;
+                };
+                let _ = c.write_all(&(frame as u32).to_be_bytes()).await;
+                let _ = c.write_all(&vec![b'{'; frame - 1]).await;
+                held.push(c);
+            }
+        }
+        assert!(held.len() >= 120, "{} connections", held.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let during = rtts(&mut friend_conn, 40).await;
+        let rss_during = vm_rss_kib(pid);
+        // The old attack: a 10 MiB declaration is refused from the header.
+        let mut old = attacker_conn(addr).await;
+        let mut old_refused = false;
+        if let Ok(c) = old.as_mut() {
+            let _ = c.write_all(&(10u32 << 20).to_be_bytes()).await;
+            old_refused = closed_within(c, 2).await;
+        }
+        drop(held);
+        friend_conn.close("done").await.unwrap();
+        (rss_before, rss_during, old_refused, during)
+    });
+    let grew = rss_during.saturating_sub(rss_before);
+    eprintln!(
+        "128 stalled pre-auth frames of 4 KiB: serve RSS {rss_before} -> {rss_during} KiB (+{grew} KiB); trusted RTT median {:.2} ms, max {:.2} ms",
+        median(&during),
+        max(&during)
+    );
+    assert!(grew <= 16 * 1024, "serve grew by {grew} KiB");
+    assert!(median(&during) <= 50.0, "{during:?}");
+    assert!(
+        old_refused,
+        "a 10 MiB declaration before Hello closes at once"
+    );
+}
