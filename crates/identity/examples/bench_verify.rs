@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use ed25519_dalek::{Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signer, SigningKey};
 use mmogit_identity::{verify_batch, Identity, PublicKey, Signature};
 
 const N: usize = 4096;
@@ -57,7 +57,6 @@ fn main() {
             std::hint::black_box(PublicKey::from_bytes(k.as_bytes()).unwrap());
         }
         let parse_cached = t.elapsed().as_secs_f64() * 1e6 / N as f64;
-        let _ = dalek_keys.iter().map(|k| k.verifying_key()).count();
         println!(
             "round {round}: µs per signature: dalek verify_strict (before) {strict:.1} | ours single {single:.1} | batch of 8 {:.1} | batch of 64 {:.1} | key parse (alternating keys) {parse_cached:.1}",
             batched[0], batched[1]
