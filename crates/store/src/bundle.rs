@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use crate::packidx::RawEntries;
 use crate::repo::{branch_name, parse_branch_name, Store};
-use crate::sync::{IngestReport, QUARANTINE_PREFIX};
+use crate::sync::IngestReport;
 use crate::StoreError;
 
 /// First line of every bundle.
@@ -194,54 +194,62 @@ impl Store {
     }
 
     /// Reads a bundle file (from [`Store::build_bundle`] or `git bundle`),
-    /// indexes its pack into our object database, points
-    /// `refs/quarantine/<tag>/users/<key>` at its tips and runs
+    /// indexes its pack into a new quarantine object store (see
+    /// `quarantine.rs`) with the tips as its refs, and runs
     /// [`Store::accept_incoming`]. A header that is not a v2 bundle, a
     /// prerequisite we lack, a ref that is not `users/<key>` or a damaged
-    /// pack fail with nothing applied (a ref moves only after verification).
+    /// pack fail with nothing applied and nothing kept (a ref moves and
+    /// objects enter the repository only after verification). `tag` names
+    /// the quarantine: unique among concurrent ingests.
     pub fn ingest_bundle(&self, path: &Path, tag: &str) -> Result<IngestReport, StoreError> {
         let io = |source| StoreError::Io {
             path: path.to_path_buf(),
             source,
         };
+        crate::sync::check_tag(tag)?;
         let f = std::fs::File::open(path).map_err(io)?;
         let mut r = BufReader::with_capacity(1 << 20, f);
         let (prereqs, tips) = read_header(&mut r)?;
-        let repo = self.git();
         for p in &prereqs {
-            if repo.find_commit(*p).is_err() {
+            if self.git().find_commit(*p).is_err() {
                 return Err(bad(format!(
                     "the bundle needs commit {p}, which this repository lacks"
                 )));
             }
         }
-        let odb = repo.odb()?;
-        let mut w = odb.packwriter()?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut any = false;
-        loop {
-            let n = r.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
+        let q = self.create_quarantine(tag)?;
+        {
+            let odb = q.store().git().odb()?;
+            let mut w = odb.packwriter()?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut any = false;
+            loop {
+                let n = r.read(&mut buf).map_err(io)?;
+                if n == 0 {
+                    break;
+                }
+                any = true;
+                w.write_all(&buf[..n])
+                    .map_err(|e| bad(format!("damaged pack: {e}")))?;
             }
-            any = true;
-            w.write_all(&buf[..n])
-                .map_err(|e| bad(format!("damaged pack: {e}")))?;
+            if !any {
+                return Err(bad("the bundle carries no pack"));
+            }
+            w.commit().map_err(|e| bad(format!("damaged pack: {e}")))?;
         }
-        if !any {
-            return Err(bad("the bundle carries no pack"));
-        }
-        w.commit().map_err(|e| bad(format!("damaged pack: {e}")))?;
-        let prefix = format!("{QUARANTINE_PREFIX}{tag}/users/");
         for (pk, oid) in &tips {
-            repo.reference(
-                &format!("{prefix}{}", pk.to_hex()),
+            q.store().git().reference(
+                &crate::repo::branch_name(pk),
                 *oid,
                 true,
                 "incoming bundle",
             )?;
         }
-        self.accept_incoming(tag, &tips)
+        self.accept_incoming(crate::sync::Incoming {
+            tips,
+            refused: Vec::new(),
+            quarantine: Some(q),
+        })
     }
 }
 

@@ -11,6 +11,7 @@ mod index;
 mod memory;
 mod pack;
 mod packidx;
+mod quarantine;
 mod query;
 mod repo;
 mod search;
@@ -23,6 +24,7 @@ pub use memory::{
     VerifiedMemory, FORMAT_VERSION, MAX_CONTENT_BYTES, MAX_MEMORY_FILE_BYTES, MAX_TAGS,
     MAX_TAG_BYTES, SIGNING_DOMAIN,
 };
+pub use quarantine::{Quarantine, QUARANTINE_DIR};
 pub use query::{Filter, RecallResult, Warning};
 pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX};
 pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};

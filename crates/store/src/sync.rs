@@ -29,6 +29,7 @@ use git2::{ErrorCode, Oid};
 use mmogit_identity::PublicKey;
 use sha2::{Digest, Sha256};
 
+use crate::quarantine::Quarantine;
 use crate::repo::{branch_name, Store, WriteLock, BRANCH_PREFIX};
 use crate::verify::Problem;
 use crate::StoreError;
@@ -89,13 +90,15 @@ pub struct BranchIngest {
     pub error: Option<String>,
 }
 
-/// What [`Store::fetch_into_quarantine`] brought in.
-#[derive(Debug, Clone, Default)]
+/// What [`Store::fetch_into_quarantine`] brought in, held in its
+/// quarantine until accepted (dropping it deletes the quarantine).
+#[derive(Debug, Default)]
 pub struct Incoming {
     /// The branches named by a valid key, with their tips, sorted by key.
     pub tips: Vec<(PublicKey, Oid)>,
     /// Refs under `users/` refused for their name (not a valid key).
     pub refused: Vec<Problem>,
+    pub(crate) quarantine: Option<Quarantine>,
 }
 
 /// The outcome of [`Store::accept_incoming`], one entry per incoming branch.
@@ -177,7 +180,7 @@ impl Store {
     }
 }
 
-fn check_tag(tag: &str) -> Result<(), StoreError> {
+pub(crate) fn check_tag(tag: &str) -> Result<(), StoreError> {
     let ok = !tag.is_empty()
         && tag.len() <= 64
         && tag
@@ -307,39 +310,9 @@ impl Store {
         })
     }
 
-    /// Deletes every ref under `prefix`.
-    fn delete_refs_under(&self, prefix: &str) -> Result<usize, StoreError> {
-        let names: Vec<String> = self
-            .git()
-            .references_glob(&format!("{prefix}*"))?
-            .filter_map(|r| r.ok().and_then(|r| r.name().map(str::to_string)))
-            .collect();
-        let mut n = 0;
-        for name in names {
-            match self.git().find_reference(&name) {
-                Ok(mut r) => match r.delete() {
-                    Ok(()) => n += 1,
-                    // Another process removed it first.
-                    Err(e) if e.code() == ErrorCode::NotFound => {}
-                    // Locked: another ingest is writing it, or one that was
-                    // killed left its lock. Scratch refs only: leave it
-                    // rather than fail every ingest from now on.
-                    Err(e) if e.code() == ErrorCode::Locked => {
-                        tracing::debug!(refname = %name, "left a locked quarantine ref");
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                Err(e) if e.code() == ErrorCode::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(n)
-    }
-
-    /// Quarantine refs left behind by an interrupted ingest (all of
-    /// `refs/quarantine/*`). [`Store::accept_incoming`] works from the tips it
-    /// is given, not from these refs, so removing another ingest's refs does
-    /// not disturb it.
+    /// Refs under `refs/quarantine/`: where versions before the quarantine
+    /// object store kept incoming tips; left by an interrupted ingest of
+    /// such a version and removed by [`Store::clean_incoming`].
     pub fn quarantine_refs(&self) -> Result<Vec<(String, Oid)>, StoreError> {
         let mut out = Vec::new();
         for r in self
@@ -355,10 +328,13 @@ impl Store {
     }
 
     /// Fetches every `users/*` branch of `source` (a git URL, a remote name,
-    /// a path or a bundle file) into `refs/quarantine/<tag>/users/*`, after
-    /// deleting stale quarantine refs. Never touches `refs/heads`. Returns the
-    /// incoming branch tips; refs whose name is not `users/<valid key>` (not
-    /// hex, or a weak key) are dropped and returned as refused. `tag`: 1–64 letters, digits, `-` or `_`.
+    /// a path or a bundle file) into a new quarantine object store (see
+    /// `quarantine.rs`): the objects land there, not in the repository, and
+    /// no ref of the repository changes. Returns the incoming branch tips,
+    /// holding the quarantine until [`Store::accept_incoming`] (or until
+    /// dropped, which deletes it). Refs whose name is not `users/<valid key>`
+    /// (not hex, or a weak key) are returned as refused. `tag`: 1–64
+    /// letters, digits, `-` or `_`, unique among concurrent ingests.
     pub fn fetch_into_quarantine(
         &self,
         source: &str,
@@ -366,15 +342,14 @@ impl Store {
         timeout: Duration,
     ) -> Result<Incoming, StoreError> {
         check_tag(tag)?;
-        let stale = self.delete_refs_under(QUARANTINE_PREFIX)?;
-        if stale > 0 {
-            tracing::info!(
-                refs = stale,
-                "removed quarantine refs of an interrupted ingest"
-            );
-        }
-        let prefix = format!("{QUARANTINE_PREFIX}{tag}/users/");
-        let refspec = format!("+{BRANCH_PREFIX}*:{prefix}*");
+        // A remote name means nothing inside the quarantine: use its URL.
+        let url = match self.remote_url(source) {
+            Ok(Some(u)) => u,
+            _ => source.to_string(),
+        };
+        let q = self.create_quarantine(tag)?;
+        let prefix = BRANCH_PREFIX.to_string();
+        let refspec = format!("+{BRANCH_PREFIX}*:{BRANCH_PREFIX}*");
         let args: Vec<OsString> = [
             "-c",
             "fetch.fsckObjects=true",
@@ -384,21 +359,21 @@ impl Store {
             "--no-recurse-submodules",
             "--quiet",
             "--",
-            source,
+            &url,
             &refspec,
         ]
         .iter()
         .map(OsString::from)
         .collect();
         let what = format!("git fetch {source}");
-        let out = self.run_git(&what, &args, None, timeout)?;
+        let out = q.store().run_git(&what, &args, None, timeout)?;
         if !out.status.success() {
             return Err(StoreError::GitCommand {
                 command: what,
                 message: out.stderr_text(),
             });
         }
-        let (tips, bad) = self.branches_under(&prefix)?;
+        let (tips, bad) = q.store().branches_under(&prefix)?;
         let mut refused = Vec::new();
         for (name, oid, why) in bad {
             tracing::warn!(
@@ -407,9 +382,6 @@ impl Store {
                 reason = why,
                 "refusing incoming ref that is not users/<valid public key>"
             );
-            if let Ok(mut r) = self.git().find_reference(&name) {
-                let _ = r.delete();
-            }
             let branch = name.strip_prefix(&prefix).unwrap_or(&name);
             refused.push(Problem {
                 branch: format!("users/{branch}"),
@@ -419,33 +391,45 @@ impl Store {
                 reason: format!("the branch is not named by a valid public key: {why}"),
             });
         }
-        Ok(Incoming { tips, refused })
+        Ok(Incoming {
+            tips,
+            refused,
+            quarantine: Some(q),
+        })
     }
 
     /// Verifies and applies incoming branch tips (from
-    /// [`Store::fetch_into_quarantine`]). Per branch: unchanged when the tip
-    /// is ours or an ancestor of ours; otherwise the commits from our tip to
-    /// the new one are verified ([`Store::verify_history`]), and only when
-    /// there is no problem does `refs/heads/users/<key>` move, by
-    /// compare-and-swap. A rewritten history is refused and kept under
-    /// `refs/mmogit/evidence/<key>/<unix time>`. Our own branch follows the
-    /// same rules. Afterwards `refs/quarantine/<tag>/` is deleted.
-    pub fn accept_incoming(
-        &self,
-        tag: &str,
-        incoming: &[(PublicKey, Oid)],
-    ) -> Result<IngestReport, StoreError> {
-        check_tag(tag)?;
+    /// [`Store::fetch_into_quarantine`] or a bundle). Per branch: unchanged
+    /// when the tip is ours or an ancestor of ours; otherwise the commits
+    /// from our tip to the new one are verified ([`Store::verify_history`],
+    /// reading the quarantine and the repository), and only when there is no
+    /// problem do the quarantine's objects move into the repository and
+    /// `refs/heads/users/<key>` move, by compare-and-swap. A rewritten
+    /// history is refused and kept under `refs/mmogit/evidence/<key>/<unix
+    /// time>`. Our own branch follows the same rules. Afterwards the
+    /// quarantine is deleted: what was refused leaves no object behind
+    /// (unless it shares a pack with what was accepted).
+    pub fn accept_incoming(&self, incoming: Incoming) -> Result<IngestReport, StoreError> {
         let mut report = IngestReport::default();
-        for &(author, new) in incoming {
-            report.branches.push(self.accept_branch(author, new)?);
+        let Some(q) = incoming.quarantine else {
+            return Ok(report);
+        };
+        for &(author, new) in &incoming.tips {
+            report.branches.push(self.accept_branch(&q, author, new)?);
         }
-        self.delete_refs_under(&format!("{QUARANTINE_PREFIX}{tag}/"))?;
+        drop(q);
         Ok(report)
     }
 
-    fn accept_branch(&self, author: PublicKey, new: Oid) -> Result<BranchIngest, StoreError> {
-        let repo = self.git();
+    fn accept_branch(
+        &self,
+        q: &Quarantine,
+        author: PublicKey,
+        new: Oid,
+    ) -> Result<BranchIngest, StoreError> {
+        // Objects are read through the quarantine (which sees ours too);
+        // refs are ours.
+        let repo = q.store().git();
         let refname = branch_name(&author);
         let mut out = BranchIngest {
             author,
@@ -487,7 +471,7 @@ impl Store {
                 Some(o) => !repo.graph_descendant_of(new, o)?,
                 None => false,
             };
-            let verified = self.verify_history(&author, new, old)?;
+            let verified = q.store().verify_history(&author, new, old)?;
             if !verified.is_ok() || rewritten {
                 out.status = IngestStatus::Refused;
                 out.problems = verified.problems;
@@ -503,6 +487,7 @@ impl Store {
                                 .into(),
                         });
                     }
+                    q.migrate(self)?;
                     out.evidence = Some(self.keep_evidence(&author, new)?);
                 }
                 tracing::info!(
@@ -513,6 +498,8 @@ impl Store {
                 return Ok(out);
             }
             let msg = format!("sync: verified {} memories", verified.memories);
+            q.migrate(self)?;
+            let repo = self.git();
             // Writers queue on the repository lock; the compare-and-swap
             // below is the second guard.
             let lock = WriteLock::acquire(repo)?;

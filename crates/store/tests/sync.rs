@@ -53,15 +53,10 @@ fn remember(store: &Store, who: &Identity, text: &str) -> VerifiedMemory {
 
 /// Fetches `source` into `into` and accepts what verifies.
 fn ingest(into: &Store, source: &str) -> IngestReport {
-    let incoming = into.fetch_into_quarantine(source, "test", T).unwrap().tips;
-    let report = into.accept_incoming("test", &incoming).unwrap();
-    // (A git process orphaned by a killed ingest may still write its own
-    // quarantine refs; ours are gone.)
-    assert!(!into
-        .quarantine_refs()
-        .unwrap()
-        .iter()
-        .any(|(name, _)| name.starts_with("refs/quarantine/test/")));
+    let incoming = into.fetch_into_quarantine(source, "test", T).unwrap();
+    let report = into.accept_incoming(incoming).unwrap();
+    // Our quarantine is gone, whatever was accepted.
+    assert!(!into.quarantines().contains(&"test".to_string()));
     report
 }
 
@@ -424,41 +419,129 @@ fn incremental_bundle_holds_only_new_commits() {
 fn interrupted_ingest_leaves_heads_untouched_and_the_next_one_completes() {
     let (a, c) = (repo(), repo());
     let ida = id(1);
-    let pka = ida.public_key();
     remember(&a.store, &ida, "one");
     ingest(&c.store, path_str(&a.path));
     remember(&a.store, &ida, "two");
     let before = heads(&c.store);
 
-    // Fetched, then "crashed" before accepting: only quarantine refs exist.
+    // Fetched but not accepted yet: the objects are in the quarantine,
+    // nothing in the repository changed.
+    let objects_before = object_files(&c.store);
     let incoming = c
         .store
         .fetch_into_quarantine(path_str(&a.path), "first", T)
-        .unwrap()
-        .tips;
-    assert_eq!(incoming.len(), 1);
+        .unwrap();
+    assert_eq!(incoming.tips.len(), 1);
     assert_eq!(heads(&c.store), before);
-    let q = c.store.quarantine_refs().unwrap();
-    assert_eq!(
-        q,
-        vec![(
-            format!("refs/quarantine/first/users/{}", pka.to_hex()),
-            incoming[0].1
-        )]
-    );
-    // The next ingest cleans up and completes.
+    assert_eq!(c.store.quarantines(), vec!["first".to_string()]);
+    assert_eq!(object_files(&c.store), objects_before);
+    assert!(c.store.git().find_commit(incoming.tips[0].1).is_err());
+    // Dropped without accepting (the transfer was abandoned): nothing left.
+    drop(incoming);
+    assert!(c.store.quarantines().is_empty());
+    assert_eq!(object_files(&c.store), objects_before);
+
+    // A quarantine left by a killed ingest (its lock is free) is removed by
+    // the next ingest, which completes.
+    let left = c
+        .store
+        .path()
+        .join(mmogit_store::QUARANTINE_DIR)
+        .join("killed");
+    std::fs::create_dir_all(left.join("objects/pack")).unwrap();
+    std::fs::write(left.join("objects/pack/pack-x.pack"), b"junk").unwrap();
     let incoming = c
         .store
         .fetch_into_quarantine(path_str(&a.path), "second", T)
-        .unwrap()
-        .tips;
-    let q = c.store.quarantine_refs().unwrap();
-    assert_eq!(q.len(), 1);
-    assert!(q[0].0.starts_with("refs/quarantine/second/"));
-    let r = c.store.accept_incoming("second", &incoming).unwrap();
+        .unwrap();
+    assert_eq!(c.store.quarantines(), vec!["second".to_string()]);
+    let r = c.store.accept_incoming(incoming).unwrap();
     assert_eq!(r.memories_added(), 1);
-    assert!(c.store.quarantine_refs().unwrap().is_empty());
+    assert!(c.store.quarantines().is_empty());
     assert_eq!(heads(&c.store), heads(&a.store));
+    assert_ne!(object_files(&c.store), objects_before);
+}
+
+/// Every file under the repository's `objects/` (loose objects and packs).
+fn object_files(s: &Store) -> Vec<String> {
+    fn walk(d: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else {
+                out.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&s.path().join("objects"), &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_refused_transfer_leaves_no_object_behind() {
+    // A forged memory arrives through a git remote and through a bundle:
+    // refused both times, and the repository's objects are as before.
+    let (a, c) = (repo(), repo());
+    let ida = id(1);
+    let pka = ida.public_key();
+    remember(&a.store, &ida, "genuine");
+    ingest(&c.store, path_str(&a.path));
+    let objects_before = object_files(&c.store);
+    let heads_before = heads(&c.store);
+    // The forger changes the content of a new memory after signing.
+    let m = remember(&a.store, &ida, "to be forged");
+    let tip = a.store.tip(&pka).unwrap().unwrap();
+    let forged = String::from_utf8(m.to_json())
+        .unwrap()
+        .replace("to be forged", "forged words");
+    let repo_a = a.store.git();
+    let blob = repo_a.blob(forged.as_bytes()).unwrap();
+    let commit = repo_a.find_commit(tip).unwrap();
+    let mut tb = git2::build::TreeUpdateBuilder::new();
+    tb.upsert(
+        mmogit_store::memory_path(m.id()),
+        blob,
+        git2::FileMode::Blob,
+    );
+    let tree = tb.create_updated(repo_a, &commit.tree().unwrap()).unwrap();
+    let tree = repo_a.find_tree(tree).unwrap();
+    let sig = git2::Signature::now("f", "f@f").unwrap();
+    let parent = commit.parent(0).unwrap();
+    let forged_commit = repo_a
+        .commit(None, &sig, &sig, "forged", &tree, &[&parent])
+        .unwrap();
+    repo_a
+        .reference(
+            &mmogit_store::branch_name(&pka),
+            forged_commit,
+            true,
+            "forge",
+        )
+        .unwrap();
+
+    let r = ingest(&c.store, path_str(&a.path));
+    assert!(!r.is_ok());
+    assert_eq!(r.memories_added(), 0);
+    assert_eq!(heads(&c.store), heads_before);
+    assert_eq!(object_files(&c.store), objects_before, "git remote");
+    assert!(c.store.git().find_blob(blob).is_err());
+
+    let have = c.store.branches().unwrap();
+    let b = a
+        .store
+        .build_bundle(&have, None, u64::MAX)
+        .unwrap()
+        .unwrap();
+    let p = c.path.parent().unwrap().join("forged.bundle");
+    std::fs::write(&p, &b.bytes).unwrap();
+    let r = c.store.ingest_bundle(&p, "bundle").unwrap();
+    assert!(!r.is_ok());
+    assert_eq!(heads(&c.store), heads_before);
+    assert_eq!(object_files(&c.store), objects_before, "bundle");
+    assert!(c.store.quarantines().is_empty());
 }
 
 #[test]
@@ -474,9 +557,8 @@ fn bad_sources_and_tags_are_errors_without_side_effects() {
         .store
         .fetch_into_quarantine(path_str(&missing), "../heads", T)
         .is_err());
-    assert!(c.store.accept_incoming("a/b", &[]).is_err());
     assert!(heads(&c.store).is_empty());
-    assert!(c.store.quarantine_refs().unwrap().is_empty());
+    assert!(c.store.quarantines().is_empty());
 
     // An incoming ref that is not users/<key> is ignored.
     let a = repo();
@@ -490,10 +572,10 @@ fn bad_sources_and_tags_are_errors_without_side_effects() {
     let incoming = c
         .store
         .fetch_into_quarantine(path_str(&a.path), "t", T)
-        .unwrap()
-        .tips;
-    assert_eq!(incoming, vec![(ida.public_key(), tip)]);
-    assert_eq!(c.store.quarantine_refs().unwrap().len(), 1);
+        .unwrap();
+    assert_eq!(incoming.tips, vec![(ida.public_key(), tip)]);
+    assert_eq!(incoming.refused.len(), 1);
+    assert!(incoming.refused[0].branch.ends_with("users/not-a-key"));
 }
 
 #[test]
@@ -538,9 +620,8 @@ fn ingest_child_process() {
     loop {
         let incoming = store
             .fetch_into_quarantine(source.to_str().unwrap(), "child", T)
-            .unwrap()
-            .tips;
-        store.accept_incoming("child", &incoming).unwrap();
+            .unwrap();
+        store.accept_incoming(incoming).unwrap();
     }
 }
 

@@ -455,12 +455,14 @@ fn sync_git(
     let url = git_source(store, rec)?;
     let tag = format!("sync-{}-{}", rec.pubkey.short(8), std::process::id());
     progress("fetching");
-    let incoming = store.fetch_into_quarantine(&url, &tag, timeout)?;
+    let mut incoming = store.fetch_into_quarantine(&url, &tag, timeout)?;
     progress("verifying");
-    let report = store.accept_incoming(&tag, &incoming.tips)?;
+    let theirs_tips = incoming.tips.clone();
+    let refused_refs = std::mem::take(&mut incoming.refused);
+    let report = store.accept_incoming(incoming)?;
     r.received = report.memories_added();
     r.branches = report.with_status(IngestStatus::Accepted).count();
-    for p in &incoming.refused {
+    for p in &refused_refs {
         r.refused.push(Refusal {
             branch: p.branch.clone(),
             reason: p.reason.clone(),
@@ -481,8 +483,7 @@ fn sync_git(
     }
     // Push our own branch when the peer lacks some of it.
     if let Some(ours) = store.tip(me)? {
-        let theirs = incoming
-            .tips
+        let theirs = theirs_tips
             .iter()
             .find(|(pk, _)| pk == me)
             .map(|(_, oid)| *oid);
