@@ -66,16 +66,18 @@ pub struct NodeConfig {
     /// counted ([`NodeHandle::rate_limited_count`]). Default 10/s, burst 20;
     /// `None` disables it.
     pub inbound_rate: Option<InboundRate>,
-    /// `peers.json`. When set, the node re-reads it every `dial_refresh`
-    /// (and on demand) and closes sessions of peers that are no longer
-    /// Trusted there (removed or blocked) with Bye "not authorized".
-    /// Default `None`.
+    /// `peers.json`. When set, the node re-reads it as soon as it changes
+    /// (its size, times and inode are checked every 250 ms), on demand and
+    /// at least every `dial_refresh`, and closes every session, peer or
+    /// client, of a key that is no longer Trusted there (removed or
+    /// blocked) with Bye "not authorized". Default `None`.
     pub peers_path: Option<PathBuf>,
     /// Keep sessions open to every Trusted peer of `peers_path` that has
     /// addresses: dial those without a session, reconnect with backoff.
     /// Default false.
     pub dial_trusted: bool,
-    /// How often the peer store is re-read (default 2 s).
+    /// The peer store is re-read at least this often, changed or not
+    /// (default 2 s); a change is read within 250 ms.
     pub dial_refresh: Duration,
     /// First reconnect delay; doubles per failure (default 1 s, ±20 % jitter).
     pub dial_backoff_base: Duration,
@@ -468,6 +470,12 @@ impl NodeHandle {
     /// Authenticated sessions open (inbound and outbound).
     pub fn session_count(&self) -> usize {
         self.shared.registry.sessions()
+    }
+
+    /// Authenticated client sessions open (inbound without a listen port,
+    /// not counted by [`NodeHandle::session_count`]).
+    pub fn client_session_count(&self) -> usize {
+        self.shared.registry.client_sessions()
     }
 
     /// Queues `msg` (MemoryRequest, MemoryResponse, GitBundle; a Ping is
