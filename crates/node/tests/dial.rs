@@ -101,10 +101,13 @@ impl Side {
         self.node().local_addr().to_string()
     }
 
+    /// Changes the peer file under its lock, as the CLI does while the node runs.
     fn edit(&self, f: impl FnOnce(&mut PeerStore)) {
-        let mut s = PeerStore::load(&self.peers).unwrap();
-        f(&mut s);
-        s.save().unwrap();
+        PeerStore::update(&self.peers, |s| {
+            f(s);
+            Ok::<_, PeerStoreError>(())
+        })
+        .unwrap();
     }
 
     fn trust(&self, other: u8, addr: Option<String>) {
