@@ -1,5 +1,5 @@
-//! Trust changes hold (issue 14): a block or remove ends every session of
-//! the key within a second, client sessions included; no update of
+//! Trust changes hold (issue 14): a block or remove (CLI or library) ends
+//! every session of the key within a second, client sessions included; no update of
 //! peers.json is lost to a concurrent writer; pending keys stay bounded.
 //! Real `mmogit serve` and CLI processes, and in-process clients, on
 //! 127.0.0.1 port 0 only. Every wait is bounded.
@@ -88,20 +88,27 @@ fn block_and_remove_end_client_and_peer_sessions_within_a_second() {
     let b = TestHome::init();
     let blocked = Arc::new(Identity::generate().0);
     let removed = Arc::new(Identity::generate().0);
+    let lib_blocked = Arc::new(Identity::generate().0);
     let kept = Arc::new(Identity::generate().0);
     trust(
         &b,
         &[
             blocked.public_key(),
             removed.public_key(),
+            lib_blocked.public_key(),
             kept.public_key(),
         ],
     );
+    let agent = Agent::open(Home::new(&b.home)).unwrap();
     let serve = Serve::start(&b, &["--no-dial"]);
     let rt = rt();
     let addr = serve.addr.clone();
 
-    for (id, args) in [(&blocked, ["p2p", "block"]), (&removed, ["p2p", "remove"])] {
+    for (id, how) in [
+        (&blocked, "p2p block"),
+        (&removed, "p2p remove"),
+        (&lib_blocked, "library block"),
+    ] {
         let (client, peer) = rt.block_on(both_sessions(&addr, id));
         let (mut k, _) = rt.block_on(both_sessions(&addr, &kept));
         let waits = [rt.spawn(closed_at(client)), rt.spawn(closed_at(peer))];
@@ -109,11 +116,19 @@ fn block_and_remove_end_client_and_peer_sessions_within_a_second() {
         std::thread::sleep(Duration::from_millis(300));
         assert!(waits.iter().all(|w| !w.is_finished()), "closed too early");
         let hex = id.public_key().to_hex();
-        b.run(&[args[0], args[1], &hex]).ok();
+        match how {
+            "library block" => {
+                agent.block_peer(&hex).unwrap();
+            }
+            cmd => {
+                let (p2p, verb) = cmd.split_once(' ').unwrap();
+                b.run(&[p2p, verb, &hex]).ok();
+            }
+        }
         let done = Instant::now();
         let closed: Vec<(Instant, String)> =
             waits.into_iter().map(|w| rt.block_on(w).unwrap()).collect();
-        check_closed_within_a_second(args[1], done, &closed);
+        check_closed_within_a_second(how, done, &closed);
         for (_, why) in &closed {
             assert!(why.contains("not authorized"), "{why}");
         }
