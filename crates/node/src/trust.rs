@@ -297,6 +297,9 @@ impl PeerStoreTrust {
                 if wrote {
                     self.writes.fetch_add(1, Ordering::Relaxed);
                 }
+                // The file is within the bound now: read it afresh at the
+                // next handshake rather than trimming again from an old view.
+                self.lock().cache = None;
             }
             Err(e) => {
                 warn!(error = %e, "cannot update the peer store; trying again later");
