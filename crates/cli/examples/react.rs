@@ -53,14 +53,15 @@ pub async fn run(dir: &Path) -> Result<Vec<String>, Box<dyn std::error::Error + 
     let helper_pk = helper.public_key().expect("identity");
     let asker_pk = asker.public_key().expect("identity");
     // They know each other's keys beforehand (e.g. exchanged out of band).
-    let mut peers = helper.peers()?;
-    peers.add(
-        asker_pk,
-        Some("asker".into()),
-        Vec::new(),
-        mmogit::node::PeerSource::Manual,
-    );
-    peers.save()?;
+    helper.update_peers(|peers| {
+        peers.add(
+            asker_pk,
+            Some("asker".into()),
+            Vec::new(),
+            mmogit::node::PeerSource::Manual,
+        );
+        Ok(())
+    })?;
 
     let server = P2PServer::new("127.0.0.1:0".parse()?, helper.identity()?.clone())
         .home(helper.home().clone())

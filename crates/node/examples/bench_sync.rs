@@ -127,9 +127,11 @@ async fn start_node(id: Arc<Identity>, repo: PathBuf, peers: PathBuf) -> NodeHan
 }
 
 fn trust(peers: &Path, key: mmogit_identity::PublicKey, addr: Option<String>) {
-    let mut s = PeerStore::load(peers).unwrap();
-    s.add(key, None, addr.into_iter().collect(), PeerSource::Manual);
-    s.save().unwrap();
+    PeerStore::update(peers, |s| {
+        s.add(key, None, addr.into_iter().collect(), PeerSource::Manual);
+        Ok::<_, mmogit_node::PeerStoreError>(())
+    })
+    .unwrap();
 }
 
 /// What B asks of A: pull into `repo` as `me`, default limits.

@@ -13,9 +13,9 @@ use tracing::{debug, info, warn};
 use crate::client::{connect_inner, ClientConfig};
 use crate::discovery::DialCandidate;
 use crate::peer_session::{drive, Ended};
-use crate::peers::{PeerStore, TrustState};
+use crate::peers::{FileStamp, PeerStore, TrustState};
 use crate::registry::{DialJob, Direction};
-use crate::server::{Shared, PEERS_FILE_LOCK};
+use crate::server::Shared;
 
 /// Most status-file writes: one per this interval.
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(500);
@@ -23,26 +23,29 @@ const STATUS_DEBOUNCE: Duration = Duration::from_millis(500);
 const STATUS_REFRESH: Duration = Duration::from_secs(5);
 /// Nodes found on the LAN that the dialer remembers.
 const RECENT_FOUND: usize = 64;
+/// How often the peer store's stamp (size, times, inode: one `stat`) is
+/// checked; a change is read at once, so a block or remove made by any
+/// process ends the key's sessions within about this long.
+const STORE_POLL: Duration = Duration::from_millis(250);
 
 fn load_store(path: PathBuf) -> Result<PeerStore, String> {
-    let _g = PEERS_FILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     PeerStore::load(&path).map_err(|e| e.to_string())
 }
 
 fn update_store(path: PathBuf, f: impl FnOnce(&mut PeerStore) + Send + 'static) {
-    let _g = PEERS_FILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let result = PeerStore::load(&path).and_then(|mut s| {
-        f(&mut s);
-        s.save()
+    let result = PeerStore::update(&path, |s| {
+        f(s);
+        Ok::<(), crate::peers::PeerStoreError>(())
     });
     if let Err(e) = result {
         warn!(error = %e, "cannot update the peer store");
     }
 }
 
-/// Re-reads the peer store every `dial_refresh` (or when woken), closes
-/// sessions of peers no longer trusted and, with `dial_trusted`, dials
-/// the trusted peers that are due.
+/// Reads the peer store when it changed (its stamp is checked every
+/// [`STORE_POLL`]), when woken, and at least every `dial_refresh`; after
+/// each read closes the sessions, peer or client, of keys no longer
+/// trusted and, with `dial_trusted`, dials the trusted peers that are due.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     path: PathBuf,
@@ -57,56 +60,70 @@ pub(crate) async fn run(
     // found before the store was read, or trusted after it was found, is
     // dialled then.
     let mut recent: VecDeque<DialCandidate> = VecDeque::new();
+    let mut load = true;
+    let mut stamp: Option<FileStamp> = None;
+    let mut last_full = tokio::time::Instant::now();
     loop {
-        let p = path.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_store(p))
+        if load {
+            let p = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || {
+                // The stamp is taken before the read: a save in between is
+                // read again at the next poll, never missed.
+                let st = FileStamp::of(&p);
+                (st, load_store(p))
+            })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
-        match loaded {
-            Ok(store) => {
-                last_load_error = None;
-                trusted = store
-                    .list()
-                    .into_iter()
-                    .filter(|r| r.trust == TrustState::Trusted)
-                    .map(|r| r.pubkey)
-                    .collect();
-                for c in &recent {
-                    offer_found(&shared, &trusted, c);
-                }
-                for k in shared
-                    .registry
-                    .close_unless(|k| trusted.contains(k), reasons::NOT_AUTHORIZED)
-                {
-                    info!(peer = %k.short(12), "peer no longer trusted in the peer store; disconnecting");
-                }
-                if shared.config.dial_trusted {
-                    let targets = store
+            .unwrap_or_else(|e| (None, Err(e.to_string())));
+            stamp = loaded.0;
+            last_full = tokio::time::Instant::now();
+            match loaded.1 {
+                Ok(store) => {
+                    last_load_error = None;
+                    trusted = store
                         .list()
                         .into_iter()
                         .filter(|r| r.trust == TrustState::Trusted)
-                        .map(|r| (r.pubkey, r.addresses.clone()))
+                        .map(|r| r.pubkey)
                         .collect();
-                    for job in shared
+                    for c in &recent {
+                        offer_found(&shared, &trusted, c);
+                    }
+                    for k in shared
                         .registry
-                        .plan_dials(targets, shared.config.max_outbound)
+                        .set_trusted(trusted.clone(), reasons::NOT_AUTHORIZED)
                     {
-                        shared.tracker.spawn(dial_one(shared.clone(), job));
+                        info!(peer = %k.short(12), "peer no longer trusted in the peer store; disconnecting");
+                    }
+                    if shared.config.dial_trusted {
+                        let targets = store
+                            .list()
+                            .into_iter()
+                            .filter(|r| r.trust == TrustState::Trusted)
+                            .map(|r| (r.pubkey, r.addresses.clone()))
+                            .collect();
+                        for job in shared
+                            .registry
+                            .plan_dials(targets, shared.config.max_outbound)
+                        {
+                            shared.tracker.spawn(dial_one(shared.clone(), job));
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                if last_load_error.as_deref() != Some(e.as_str()) {
-                    warn!(error = %e, "cannot read the peer store; keeping current sessions");
+                Err(e) => {
+                    if last_load_error.as_deref() != Some(e.as_str()) {
+                        warn!(error = %e, "cannot read the peer store; keeping current sessions");
+                    }
+                    last_load_error = Some(e);
                 }
-                last_load_error = Some(e);
             }
         }
-        let refresh = tokio::time::Instant::now() + shared.config.dial_refresh;
+        load = false;
+        let refresh = last_full + shared.config.dial_refresh;
         let next = match shared.registry.next_due() {
             Some(t) if t < refresh => t,
             _ => refresh,
         };
+        let poll = tokio::time::Instant::now() + STORE_POLL;
         let next_found = async {
             match found.as_mut() {
                 Some(rx) => rx.recv().await,
@@ -115,8 +132,12 @@ pub(crate) async fn run(
         };
         tokio::select! {
             _ = shared.cancel.cancelled() => break,
-            _ = tokio::time::sleep_until(next) => {}
-            _ = shared.registry.dial_wake.notified() => {}
+            _ = tokio::time::sleep_until(next) => load = true,
+            _ = tokio::time::sleep_until(poll), if poll < next => {
+                // One stat: cheap enough to do inline.
+                load = FileStamp::of(&path) != stamp;
+            }
+            _ = shared.registry.dial_wake.notified() => load = true,
             c = next_found => match c {
                 Some(c) => {
                     offer_found(&shared, &trusted, &c);

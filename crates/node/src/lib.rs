@@ -31,6 +31,7 @@ mod registry;
 pub mod replicate;
 mod server;
 pub mod status;
+mod trust;
 
 pub use backoff::{Backoff, DialSchedule, RateLimiter};
 pub use client::{connect, ClientConfig, Connection};
@@ -44,3 +45,4 @@ pub use server::{
     SendError, TrustPolicy, SEND_QUEUE,
 };
 pub use status::{read_status, StatusError, StatusFile};
+pub use trust::DEFAULT_MAX_PENDING;

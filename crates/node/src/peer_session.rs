@@ -92,15 +92,18 @@ pub(crate) async fn drive(
     let ctl = Arc::new(SessionCtl::default());
     // A peer session is one with a node: outbound, or inbound from an
     // initiator that announced a listen port. Other inbound connections are
-    // clients (e.g. a one-off `p2p ping`): served, but not registered, so
-    // they never displace or lose to the peer session.
+    // clients (e.g. a one-off `p2p ping`): served and tracked apart, so
+    // they never displace or lose to the peer session, but are closed all
+    // the same when their key stops being trusted.
     let is_peer_session = direction == Direction::Outbound || info.listen_port.is_some();
+    let mut client_id = None;
     let registered = if is_peer_session {
         shared
             .registry
             .register(pk, direction, addr, tx, ctl.clone())
             .map(Some)
     } else {
+        client_id = Some(shared.registry.register_client(pk, ctl.clone()));
         Ok(None)
     };
     let id = match registered {
@@ -199,6 +202,9 @@ pub(crate) async fn drive(
             },
         }
     };
+    if let Some(c) = client_id {
+        shared.registry.unregister_client(&pk, c);
+    }
     let registered = id.is_some_and(|id| {
         shared.registry.unregister(
             &pk,

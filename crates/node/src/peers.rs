@@ -2,6 +2,25 @@
 //!
 //! Saved atomically (temporary file, fsync, rename, fsync of the directory).
 //! A corrupt file is an error naming its path; it is never replaced silently.
+//!
+//! # Concurrent writers
+//!
+//! Several processes write the file: `mmogit serve` (pending keys, last
+//! contact), the CLI and the library (`add`, `accept`, `block`, `remove`),
+//! MCP. Every change goes through [`PeerStore::update`]: it takes an
+//! exclusive OS lock ([`std::fs::File::lock`], `flock` on Unix, `LockFileEx`
+//! on Windows) on the sidecar file `peers.json.lock`, reads the file again,
+//! applies the change, writes it atomically and releases the lock. So no
+//! writer works on a stale copy and no change is lost, whichever process
+//! makes it. The sidecar is never deleted (deleting a lock file races with
+//! its next user). Readers take no lock: the rename makes every read see a
+//! whole file, old or new.
+//!
+//! We chose the lock over "`serve` is the only writer and the CLI asks it":
+//! the CLI and the library must keep working when `serve` is not running,
+//! and one rule for every writer is simpler to check than two paths.
+//! [`PeerStore::save`] writes a loaded copy back without that re-read: it is
+//! for setting up a file nobody else writes yet (tests, fresh homes).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -153,18 +172,76 @@ impl PeerStore {
         &self.path
     }
 
-    /// Writes the file atomically.
+    /// Writes this copy to the file atomically, replacing whatever is there:
+    /// a change another process made since this copy was loaded is lost. Use
+    /// [`PeerStore::update`] to change a file that anyone else may write.
     pub fn save(&self) -> Result<(), PeerStoreError> {
-        let io = |source| PeerStoreError::Io {
-            path: self.path.clone(),
-            source,
-        };
+        self.write(&self.to_json())
+    }
+
+    fn to_json(&self) -> Vec<u8> {
         let file = PeerFile {
             version: FILE_VERSION,
             peers: self.peers.values().cloned().collect(),
         };
         let mut json = serde_json::to_vec_pretty(&file).expect("peer file serializes");
         json.push(b'\n');
+        json
+    }
+
+    /// Reads the file at `path`, applies `change` and writes the result, all
+    /// under the exclusive lock of `peers.json.lock` (see the module
+    /// documentation), so that no concurrent update is lost. When `change`
+    /// fails nothing is written; when it changes nothing, nothing is written
+    /// either. Do not call [`PeerStore::update`] or take the lock again inside
+    /// `change`: the lock is not re-entrant.
+    pub fn update<T, E>(
+        path: &Path,
+        change: impl FnOnce(&mut PeerStore) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<PeerStoreError>,
+    {
+        Self::update_counted(path, change).map(|(out, _)| out)
+    }
+
+    /// [`PeerStore::update`], also telling whether the file was written.
+    pub fn update_counted<T, E>(
+        path: &Path,
+        change: impl FnOnce(&mut PeerStore) -> Result<T, E>,
+    ) -> Result<(T, bool), E>
+    where
+        E: From<PeerStoreError>,
+    {
+        let lock = lock_path(path);
+        let io = |source| PeerStoreError::Io {
+            path: lock.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(io)?;
+        file.lock().map_err(io)?;
+        let mut store = PeerStore::load(path)?;
+        let before = store.to_json();
+        let out = change(&mut store)?;
+        let after = store.to_json();
+        let changed = after != before;
+        if changed {
+            store.write(&after)?;
+        }
+        drop(file);
+        Ok((out, changed))
+    }
+
+    fn write(&self, json: &[u8]) -> Result<(), PeerStoreError> {
+        let io = |source| PeerStoreError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -181,7 +258,7 @@ impl PeerStore {
         ));
         let result = (|| {
             let mut f = fs::File::create(&tmp)?;
-            f.write_all(&json)?;
+            f.write_all(json)?;
             f.sync_all()?;
             drop(f);
             fs::rename(&tmp, &self.path)
@@ -306,6 +383,11 @@ impl PeerStore {
         Ok(self.peers.remove(&key).expect("resolved key exists"))
     }
 
+    /// Removes the peer with this exact key, if known.
+    pub fn remove_key(&mut self, pubkey: &PublicKey) -> Option<PeerRecord> {
+        self.peers.remove(&pubkey.to_hex())
+    }
+
     /// Sets the git URL and remote name of a known peer.
     pub fn set_git(
         &mut self,
@@ -368,6 +450,48 @@ impl PeerStore {
         if let Some(rec) = self.peers.get_mut(&pubkey.to_hex()) {
             rec.last_error = Some(error.chars().take(512).collect());
         }
+    }
+}
+
+/// The lock file guarding read-change-write cycles of `path`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "peers.json".into());
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+/// What tells whether a file changed without reading it: size, times and
+/// (on Unix) inode. An atomic save replaces the inode, so a save is seen
+/// even within the timestamp granularity (unless the inode number is reused
+/// at once with the same size; callers re-read now and then anyway).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of `path` now; `None` when it cannot be read (e.g. missing).
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        let m = fs::metadata(path).ok()?;
+        #[cfg(unix)]
+        let (ino, ctime) = {
+            use std::os::unix::fs::MetadataExt;
+            (m.ino(), (m.ctime(), m.ctime_nsec()))
+        };
+        #[cfg(not(unix))]
+        let (ino, ctime) = (0, (0, 0));
+        Some(FileStamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+            ino,
+            ctime,
+        })
     }
 }
 
@@ -461,6 +585,65 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn concurrent_updates_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.json");
+        let threads: Vec<_> = (0..8u8)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..10u8 {
+                        let k = Identity::from_secret_bytes(&[
+                            t, i, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+                            7, 7, 7, 7, 7, 7, 7, 7,
+                        ])
+                        .public_key();
+                        PeerStore::update(&path, |s| {
+                            s.add(k, None, vec![], PeerSource::Manual);
+                            s.set_blocked(&k.to_hex()).map(|_| ())
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = PeerStore::load(&path).unwrap();
+        assert_eq!(s.list().len(), 80);
+        assert!(s.list().iter().all(|r| r.trust == TrustState::Blocked));
+        assert!(lock_path(&path).exists());
+    }
+
+    #[test]
+    fn update_writes_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peers.json");
+        let ((), wrote) = PeerStore::update_counted(&path, |s| {
+            s.add(key(1), None, vec![], PeerSource::Manual);
+            Ok::<_, PeerStoreError>(())
+        })
+        .unwrap();
+        assert!(wrote);
+        let before = FileStamp::of(&path);
+        let ((), wrote) = PeerStore::update_counted(&path, |s| {
+            s.add(key(1), None, vec![], PeerSource::Manual);
+            Ok::<_, PeerStoreError>(())
+        })
+        .unwrap();
+        assert!(!wrote);
+        assert_eq!(FileStamp::of(&path), before);
+        // A failed change writes nothing.
+        let r = PeerStore::update(&path, |s| {
+            s.remove_key(&key(1));
+            s.set_blocked("nobody").map(|_| ())
+        });
+        assert!(matches!(r, Err(PeerStoreError::NotFound(_))));
+        assert!(PeerStore::load(&path).unwrap().is_trusted(&key(1)));
     }
 
     #[test]

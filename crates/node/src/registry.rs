@@ -1,9 +1,12 @@
 //! The session registry: at most one authenticated session per peer key,
 //! shared by inbound and outbound sessions, plus what the dialer knows about
-//! each peer (backoff, next attempt, last error). Everything here is
-//! synchronous and short; the lock is never held across an await.
+//! each peer (backoff, next attempt, last error). Client sessions (inbound,
+//! no listen port announced) are tracked too, apart from the peer sessions
+//! and not subject to the one-session rule, so that a trust change ends
+//! them as well. Everything here is synchronous and short; the lock is
+//! never held across an await.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -180,6 +183,11 @@ pub(crate) struct Registry {
 
 struct Inner {
     peers: HashMap<PublicKey, Entry>,
+    /// Client sessions by key: (session id, its control handle).
+    clients: HashMap<PublicKey, Vec<(u64, Arc<SessionCtl>)>>,
+    /// The keys trusted in the peer store as last read (None before the
+    /// first read, or without a peer store).
+    trusted: Option<HashSet<PublicKey>>,
     next_id: u64,
 }
 
@@ -215,6 +223,8 @@ impl Registry {
             params,
             inner: Mutex::new(Inner {
                 peers: HashMap::new(),
+                clients: HashMap::new(),
+                trusted: None,
                 next_id: 1,
             }),
             changed: Notify::new(),
@@ -276,9 +286,55 @@ impl Registry {
         if let Some(d) = &mut e.dial {
             d.connected(now);
         }
+        let recheck = Self::untrusted(&inner, &peer);
         drop(inner);
+        if recheck {
+            self.dial_wake.notify_one();
+        }
         self.changed.notify_one();
         Ok(id)
+    }
+
+    /// True when the peer store as last read does not trust `peer`: the
+    /// session was authorized on an older view (or by a policy that does not
+    /// use the store) and the dialer must read the store again now, then
+    /// close it if it is still not trusted. Without this, a session
+    /// authorized just before a block and registered just after the refresh
+    /// that applied it would stay open until the next change.
+    fn untrusted(inner: &Inner, peer: &PublicKey) -> bool {
+        inner.trusted.as_ref().is_some_and(|t| !t.contains(peer))
+    }
+
+    /// Registers an authenticated client session (inbound, no listen port):
+    /// it is closed like a peer session when its key stops being trusted,
+    /// but it neither displaces nor loses to any other session.
+    pub fn register_client(&self, peer: PublicKey, ctl: Arc<SessionCtl>) -> u64 {
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.clients.entry(peer).or_default().push((id, ctl));
+        let recheck = Self::untrusted(&inner, &peer);
+        drop(inner);
+        if recheck {
+            self.dial_wake.notify_one();
+        }
+        id
+    }
+
+    /// The client session `id` of `peer` ended.
+    pub fn unregister_client(&self, peer: &PublicKey, id: u64) {
+        let mut inner = self.lock();
+        if let Some(v) = inner.clients.get_mut(peer) {
+            v.retain(|(i, _)| *i != id);
+            if v.is_empty() {
+                inner.clients.remove(peer);
+            }
+        }
+    }
+
+    /// Client sessions open.
+    pub fn client_sessions(&self) -> usize {
+        self.lock().clients.values().map(Vec::len).sum()
     }
 
     /// The session `id` ended (`superseded`: by the duplicate-session rule).
@@ -359,9 +415,13 @@ impl Registry {
             .map(|s| s.tx.clone())
     }
 
-    /// Closes every session whose peer `keep` rejects; returns their keys.
-    pub fn close_unless(&self, keep: impl Fn(&PublicKey) -> bool, reason: &str) -> Vec<PublicKey> {
-        let inner = self.lock();
+    /// Closes every session, peer or client, whose key `keep` rejects;
+    /// returns their keys (one per session).
+    fn close_unless(
+        inner: &Inner,
+        keep: impl Fn(&PublicKey) -> bool,
+        reason: &str,
+    ) -> Vec<PublicKey> {
         let mut closed = vec![];
         for (k, e) in inner.peers.iter() {
             if let Some(s) = &e.session {
@@ -371,6 +431,25 @@ impl Registry {
                 }
             }
         }
+        for (k, sessions) in inner.clients.iter() {
+            if !keep(k) {
+                for (_, ctl) in sessions {
+                    ctl.close(reason);
+                    closed.push(*k);
+                }
+            }
+        }
+        closed
+    }
+
+    /// The peer store now trusts exactly `trusted`: closes every session,
+    /// peer or client, of any other key, and remembers the set for sessions
+    /// registered later (see [`Registry::register`]). One lock for both, so
+    /// no session slips between them. Returns the keys closed.
+    pub fn set_trusted(&self, trusted: HashSet<PublicKey>, reason: &str) -> Vec<PublicKey> {
+        let mut inner = self.lock();
+        let closed = Self::close_unless(&inner, |k| trusted.contains(k), reason);
+        inner.trusted = Some(trusted);
         closed
     }
 
@@ -663,5 +742,47 @@ mod tests {
         let s = r.snapshot();
         assert_eq!(s.len(), 1);
         assert!(s[0].connected);
+    }
+
+    #[tokio::test]
+    async fn a_trust_change_closes_client_sessions_too() {
+        let (us, them, other) = (key(1), key(2), key(3));
+        let r = Registry::new(
+            us,
+            DialParams {
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(300),
+                healthy: Duration::from_secs(10),
+            },
+        );
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let peer = Arc::new(SessionCtl::default());
+        r.register(them, Direction::Inbound, addr, tx, peer.clone())
+            .unwrap();
+        let clients: Vec<Arc<SessionCtl>> = (0..2).map(|_| Arc::default()).collect();
+        let ids: Vec<u64> = clients
+            .iter()
+            .map(|c| r.register_client(them, c.clone()))
+            .collect();
+        let kept = Arc::new(SessionCtl::default());
+        r.register_client(other, kept.clone());
+        assert_eq!(r.client_sessions(), 3);
+        let closed = r.set_trusted([other].into_iter().collect(), "not authorized");
+        assert_eq!(closed, vec![them, them, them]);
+        for c in clients.iter().chain([&peer]) {
+            assert_eq!(c.take_close().as_deref(), Some("not authorized"));
+        }
+        assert!(kept.take_close().is_none());
+        for id in ids {
+            r.unregister_client(&them, id);
+        }
+        assert_eq!(r.client_sessions(), 1);
+        // A session of an untrusted key registered after the change makes
+        // the dialer read the store again.
+        r.register_client(them, Arc::default());
+        tokio::time::timeout(Duration::from_secs(1), r.dial_wake.notified())
+            .await
+            .expect("dialer woken");
     }
 }

@@ -20,13 +20,9 @@ use tracing::{debug, info, warn};
 use crate::backoff::RateLimiter;
 use crate::conn::{Conn, Wake};
 use crate::error::NodeError;
-use crate::peers::{PeerStore, TrustState};
 use crate::registry::{DialParams, Direction, PeerStatus, Registry};
 use crate::status::StatusFile;
-
-/// Serializes read-modify-write cycles of `peers.json` within this process
-/// (the trust policy and the dialer both update it).
-pub(crate) static PEERS_FILE_LOCK: Mutex<()> = Mutex::new(());
+pub use crate::trust::PeerStoreTrust;
 
 /// A per-IP token bucket over new inbound connections.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,16 +62,18 @@ pub struct NodeConfig {
     /// counted ([`NodeHandle::rate_limited_count`]). Default 10/s, burst 20;
     /// `None` disables it.
     pub inbound_rate: Option<InboundRate>,
-    /// `peers.json`. When set, the node re-reads it every `dial_refresh`
-    /// (and on demand) and closes sessions of peers that are no longer
-    /// Trusted there (removed or blocked) with Bye "not authorized".
-    /// Default `None`.
+    /// `peers.json`. When set, the node re-reads it as soon as it changes
+    /// (its size, times and inode are checked every 250 ms), on demand and
+    /// at least every `dial_refresh`, and closes every session, peer or
+    /// client, of a key that is no longer Trusted there (removed or
+    /// blocked) with Bye "not authorized". Default `None`.
     pub peers_path: Option<PathBuf>,
     /// Keep sessions open to every Trusted peer of `peers_path` that has
     /// addresses: dial those without a session, reconnect with backoff.
     /// Default false.
     pub dial_trusted: bool,
-    /// How often the peer store is re-read (default 2 s).
+    /// The peer store is re-read at least this often, changed or not
+    /// (default 2 s); a change is read within 250 ms.
     pub dial_refresh: Duration,
     /// First reconnect delay; doubles per failure (default 1 s, ±20 % jitter).
     pub dial_backoff_base: Duration,
@@ -123,55 +121,16 @@ impl Default for NodeConfig {
 pub trait TrustPolicy: Send + Sync + 'static {
     /// Called once per inbound connection, after the peer proved its key.
     fn authorize(&self, pubkey: &PublicKey, addr: SocketAddr) -> bool;
+
+    /// Writes out what the policy keeps in memory (e.g. keys seen lately).
+    /// The node calls it from a blocking thread about every second while
+    /// running, and once more at shutdown. Default: nothing.
+    fn flush(&self) {}
 }
 
 impl<F: Fn(&PublicKey, SocketAddr) -> bool + Send + Sync + 'static> TrustPolicy for F {
     fn authorize(&self, pubkey: &PublicKey, addr: SocketAddr) -> bool {
         self(pubkey, addr)
-    }
-}
-
-/// The standard policy: reads `peers.json` on every inbound peer (so
-/// `trust`/`block` take effect without a restart); serves Trusted peers
-/// (updating `last_seen`), refuses Blocked ones, records unknown ones as
-/// Pending. A file that cannot be read refuses everyone (fails closed).
-pub struct PeerStoreTrust {
-    path: PathBuf,
-}
-
-impl PeerStoreTrust {
-    pub fn new(path: PathBuf) -> Self {
-        PeerStoreTrust { path }
-    }
-}
-
-impl TrustPolicy for PeerStoreTrust {
-    fn authorize(&self, pubkey: &PublicKey, addr: SocketAddr) -> bool {
-        let _guard = PEERS_FILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let mut store = match PeerStore::load(&self.path) {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(peer = %pubkey.short(12), %addr, error = %e, "cannot read peer store; refusing");
-                return false;
-            }
-        };
-        let trust = store.get_key(pubkey).map(|p| p.trust);
-        let allowed = match trust {
-            Some(TrustState::Trusted) => {
-                store.record_seen(pubkey, None);
-                true
-            }
-            Some(TrustState::Blocked) => return false,
-            _ => {
-                store.record_pending(*pubkey, Some(addr.to_string()));
-                info!(peer = %pubkey.short(12), %addr, "untrusted peer recorded as pending");
-                false
-            }
-        };
-        if let Err(e) = store.save() {
-            warn!(peer = %pubkey.short(12), error = %e, "cannot save peer store");
-        }
-        allowed
     }
 }
 
@@ -423,6 +382,7 @@ impl Node {
         if let Some(path) = shared.config.peers_path.clone() {
             tracker.spawn(crate::dialer::run(shared.clone(), path, found_rx));
         }
+        tracker.spawn(policy_flusher(shared.clone()));
         if let Some(path) = shared.config.status_path.clone() {
             crate::dialer::write_status_now(&shared, &path, true).await;
             tracker.spawn(crate::dialer::status_writer(shared.clone(), path));
@@ -468,6 +428,12 @@ impl NodeHandle {
     /// Authenticated sessions open (inbound and outbound).
     pub fn session_count(&self) -> usize {
         self.shared.registry.sessions()
+    }
+
+    /// Authenticated client sessions open (inbound without a listen port,
+    /// not counted by [`NodeHandle::session_count`]).
+    pub fn client_session_count(&self) -> usize {
+        self.shared.registry.client_sessions()
     }
 
     /// Queues `msg` (MemoryRequest, MemoryResponse, GitBundle; a Ping is
@@ -520,9 +486,27 @@ impl NodeHandle {
         {
             warn!("shutdown grace period over; dropping remaining connections");
         }
+        let policy = self.shared.policy.clone();
+        let _ = tokio::task::spawn_blocking(move || policy.flush()).await;
         if let Some(path) = self.shared.config.status_path.clone() {
             crate::dialer::write_status_now(&self.shared, &path, false).await;
         }
+    }
+}
+
+/// How often the trust policy writes out what it keeps in memory.
+const POLICY_FLUSH: Duration = Duration::from_secs(1);
+
+/// Calls [`TrustPolicy::flush`] every [`POLICY_FLUSH`] until shutdown
+/// (which flushes once more).
+async fn policy_flusher(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            _ = tokio::time::sleep(POLICY_FLUSH) => {}
+        }
+        let policy = shared.policy.clone();
+        let _ = tokio::task::spawn_blocking(move || policy.flush()).await;
     }
 }
 

@@ -73,20 +73,23 @@ impl Side {
     }
 
     async fn start(&mut self, addr: Option<std::net::SocketAddr>) {
+        self.start_with(addr, Duration::ZERO).await
+    }
+
+    /// Starts with a policy that takes `slow` to decide about each inbound
+    /// key, as a node on a slow network or disk would.
+    async fn start_with(&mut self, addr: Option<std::net::SocketAddr>, slow: Duration) {
         let mut c = config(&self.peers);
         if let Some(a) = addr {
             c.listen_addr = a;
         }
         c.status_path = Some(self.status.clone());
-        let node = Node::new(
-            ident(self.key),
-            c,
-            Arc::new(PeerStoreTrust::new(self.peers.clone())),
-        )
-        .with_handler(self.recorder.clone())
-        .start()
-        .await
-        .unwrap();
+        let policy = Slow(PeerStoreTrust::new(self.peers.clone()), slow);
+        let node = Node::new(ident(self.key), c, Arc::new(policy))
+            .with_handler(self.recorder.clone())
+            .start()
+            .await
+            .unwrap();
         self.node = Some(node);
     }
 
@@ -98,10 +101,13 @@ impl Side {
         self.node().local_addr().to_string()
     }
 
+    /// Changes the peer file under its lock, as the CLI does while the node runs.
     fn edit(&self, f: impl FnOnce(&mut PeerStore)) {
-        let mut s = PeerStore::load(&self.peers).unwrap();
-        f(&mut s);
-        s.save().unwrap();
+        PeerStore::update(&self.peers, |s| {
+            f(s);
+            Ok::<_, PeerStoreError>(())
+        })
+        .unwrap();
     }
 
     fn trust(&self, other: u8, addr: Option<String>) {
@@ -131,6 +137,20 @@ impl Side {
     }
 }
 
+/// The standard policy, taking this long for each decision.
+struct Slow(PeerStoreTrust, Duration);
+
+impl TrustPolicy for Slow {
+    fn authorize(&self, pubkey: &PublicKey, addr: std::net::SocketAddr) -> bool {
+        std::thread::sleep(self.1);
+        self.0.authorize(pubkey, addr)
+    }
+
+    fn flush(&self) {
+        self.0.flush()
+    }
+}
+
 async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + within;
     while !cond() {
@@ -144,8 +164,11 @@ async fn simultaneous_dial_leaves_one_session() {
     for round in 0..5 {
         let dir = tempfile::tempdir().unwrap();
         let (mut a, mut b) = (Side::new(dir.path(), 1), Side::new(dir.path(), 2));
-        a.start(None).await;
-        b.start(None).await;
+        // Each dial is in flight for at least 50 ms: otherwise one side's
+        // session may be up before the other side's dialer even looked,
+        // and that side, already connected, would not dial at all.
+        a.start_with(None, Duration::from_millis(50)).await;
+        b.start_with(None, Duration::from_millis(50)).await;
         // Both learn the other's address at the same moment and dial at once.
         a.trust(2, Some(b.addr()));
         b.trust(1, Some(a.addr()));
@@ -281,12 +304,16 @@ async fn reconnects_after_restart_and_after_trust() {
         .unwrap()
         .last_error
         .is_some());
-    // B recorded A as pending; trusting it lets A's next attempt in.
-    let pending = PeerStore::load(&b.peers).unwrap();
-    assert_eq!(
-        pending.get_key(&ident(1).public_key()).unwrap().trust,
-        TrustState::Pending
-    );
+    // B recorded A as pending (written within about a second, coalesced);
+    // trusting it lets A's next attempt in.
+    wait_until("A pending on B", Duration::from_secs(5), || {
+        PeerStore::load(&b.peers)
+            .unwrap()
+            .get_key(&ident(1).public_key())
+            .map(|r| r.trust)
+            == Some(TrustState::Pending)
+    })
+    .await;
     b.edit(|s| {
         s.trust(&ident(1).public_key().to_hex()).unwrap();
     });

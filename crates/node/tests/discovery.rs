@@ -47,9 +47,11 @@ fn peers_file(dir: &Path, n: u8) -> PathBuf {
 }
 
 fn trust(path: &Path, other: u8, addrs: Vec<String>) {
-    let mut s = PeerStore::load(path).unwrap();
-    s.add(key(other), None, addrs, PeerSource::Manual);
-    s.save().unwrap();
+    PeerStore::update(path, |s| {
+        s.add(key(other), None, addrs, PeerSource::Manual);
+        Ok::<_, PeerStoreError>(())
+    })
+    .unwrap();
 }
 
 async fn start(

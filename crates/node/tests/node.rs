@@ -128,15 +128,16 @@ async fn ping_between_two_nodes() {
         matches!(ev, NodeEvent::PeerDisconnected { ref reason, .. } if reason.contains("done")),
         "{ev:?}"
     );
-    // last_seen recorded for the trusted peer.
+    other.shutdown().await;
+    f.node.shutdown().await;
+    // last_seen recorded for the trusted peer (written by the periodic
+    // flush, at the latest at shutdown).
     let store = PeerStore::load(&f.peers).unwrap();
     assert!(store
         .get_key(&ident(2).public_key())
         .unwrap()
         .last_seen
         .is_some());
-    other.shutdown().await;
-    f.node.shutdown().await;
 }
 
 #[tokio::test]
@@ -151,8 +152,16 @@ async fn untrusted_key_is_refused_and_recorded_pending() {
         matches!(err, NodeError::NotAuthorized { peer: Some(p) } if p == f.node.public_key()),
         "{err}"
     );
-    let store = PeerStore::load(&f.peers).unwrap();
-    let rec = store.get_key(&ident(3).public_key()).unwrap();
+    // Recorded in memory at once, written within about a second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rec = loop {
+        let store = PeerStore::load(&f.peers).unwrap();
+        if let Some(r) = store.get_key(&ident(3).public_key()) {
+            break r.clone();
+        }
+        assert!(Instant::now() < deadline, "pending key not written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(rec.trust, TrustState::Pending);
     assert_eq!(rec.addresses.len(), 1);
     assert!(rec.addresses[0].starts_with("127.0.0.1:"));
@@ -162,9 +171,10 @@ async fn untrusted_key_is_refused_and_recorded_pending() {
         .unwrap();
     assert!(matches!(ev, NodeEvent::Refused { pubkey: Some(k), .. } if k == ident(3).public_key()));
     // Trusting it in the file takes effect without a restart.
-    let mut store = PeerStore::load(&f.peers).unwrap();
-    store.trust(&ident(3).public_key().to_hex()[..8]).unwrap();
-    store.save().unwrap();
+    PeerStore::update(&f.peers, |s| {
+        s.trust(&ident(3).public_key().to_hex()[..8]).map(|_| ())
+    })
+    .unwrap();
     let mut c = connect(&f.addr, ident(3), None, &client_config())
         .await
         .unwrap();

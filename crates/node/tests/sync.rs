@@ -67,14 +67,16 @@ impl Home {
     }
 
     fn trust(&self, other: u8, addr: Option<String>) {
-        let mut s = PeerStore::load(&self.peers).unwrap();
-        s.add(
-            key(other),
-            None,
-            addr.into_iter().collect(),
-            PeerSource::Manual,
-        );
-        s.save().unwrap();
+        PeerStore::update(&self.peers, |s| {
+            s.add(
+                key(other),
+                None,
+                addr.into_iter().collect(),
+                PeerSource::Manual,
+            );
+            Ok::<_, PeerStoreError>(())
+        })
+        .unwrap();
     }
 
     fn count(&self, author: u8) -> usize {

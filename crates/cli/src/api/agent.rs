@@ -160,9 +160,26 @@ impl Agent {
         Ok(self.home.resolve_author(s, self.public_key().as_ref())?)
     }
 
-    /// The peer store (`peers.json`), loaded now.
+    /// The peer store (`peers.json`), loaded now. To change it, use
+    /// [`update_peers`](Agent::update_peers): saving this copy would undo
+    /// whatever another process wrote since it was loaded.
     pub fn peers(&self) -> Result<PeerStore> {
         Ok(PeerStore::load(&self.home.peers_path())?)
+    }
+
+    /// Changes the peer store under its lock: reads it again, applies
+    /// `change` and writes it (nothing when `change` fails), so that no
+    /// concurrent change by `mmogit serve`, the CLI or another process is
+    /// lost ([`PeerStore::update`]). A running `mmogit serve` applies a
+    /// block or removal within a second, ending that key's sessions.
+    pub fn update_peers<T>(&self, change: impl FnOnce(&mut PeerStore) -> Result<T>) -> Result<T> {
+        PeerStore::update(&self.home.peers_path(), change)
+    }
+
+    /// Blocks a peer by name, key prefix or key (`mmogit p2p block`); its
+    /// sessions with a running node end within a second.
+    pub fn block_peer(&self, peer: &str) -> Result<PeerRecord> {
+        self.update_peers(|s| Ok(s.set_blocked(peer)?.clone()))
     }
 
     /// Peers that asked to connect and wait for a decision.
@@ -179,13 +196,13 @@ impl Agent {
     /// Trusts a known peer (pending or blocked) by name, key prefix or key,
     /// optionally naming it (`mmogit p2p accept`).
     pub fn accept_peer(&self, peer: &str, name: Option<String>) -> Result<PeerRecord> {
-        let mut store = self.peers()?;
-        let rec = store.trust(peer)?.clone();
-        if name.is_some() {
-            store.add(rec.pubkey, name, Vec::new(), rec.source);
-        }
-        store.save()?;
-        Ok(store.get_key(&rec.pubkey).cloned().unwrap_or(rec))
+        self.update_peers(|store| {
+            let rec = store.trust(peer)?.clone();
+            if name.is_some() {
+                store.add(rec.pubkey, name, Vec::new(), rec.source);
+            }
+            Ok(store.get_key(&rec.pubkey).cloned().unwrap_or(rec))
+        })
     }
 }
 

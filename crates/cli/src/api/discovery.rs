@@ -136,15 +136,18 @@ impl Discovery {
         if pk == me {
             return Err(Error::Usage(format!("{addr} is this agent itself")));
         }
-        let mut store = PeerStore::load(&self.home.peers_path())?;
-        store.add(
-            pk,
-            self.name.clone(),
-            vec![addr.to_string()],
-            PeerSource::Manual,
-        );
-        store.save()?;
-        let record = store.get_key(&pk).cloned().expect("just added");
+        let record = PeerStore::update(&self.home.peers_path(), |store| {
+            Ok::<_, Error>(
+                store
+                    .add(
+                        pk,
+                        self.name.clone(),
+                        vec![addr.to_string()],
+                        PeerSource::Manual,
+                    )
+                    .clone(),
+            )
+        })?;
         Ok(PeerAdded { record, rtt, note })
     }
 }
@@ -193,11 +196,15 @@ fn add_git(
     }
     let remote = format!("peer_{}", pk.short(8));
     store.set_remote(&remote, url)?;
-    let mut peers = PeerStore::load(&home.peers_path())?;
-    peers.add(pk, name, Vec::new(), PeerSource::Git);
-    peers.set_git(&pk, Some(url.to_string()), Some(remote));
-    peers.save()?;
-    let record = peers.get_key(&pk).cloned().expect("just added");
+    let record = PeerStore::update(&home.peers_path(), |peers| {
+        peers.add(pk, name, Vec::new(), PeerSource::Git);
+        Ok::<_, Error>(
+            peers
+                .set_git(&pk, Some(url.to_string()), Some(remote))
+                .cloned()
+                .expect("just added"),
+        )
+    })?;
     Ok(PeerAdded {
         record,
         rtt: None,

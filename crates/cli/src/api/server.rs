@@ -96,6 +96,7 @@ pub struct P2PServer {
     config: NodeConfig,
     replication: Option<ReplicatorConfig>,
     discovery: Option<(Arc<dyn mmogit_node::Discovery>, bool)>,
+    max_pending: usize,
 }
 
 impl P2PServer {
@@ -112,7 +113,15 @@ impl P2PServer {
             },
             replication: None,
             discovery: None,
+            max_pending: mmogit_node::DEFAULT_MAX_PENDING,
         }
+    }
+
+    /// Keep at most `max` unknown keys as pending (default 256, as
+    /// `mmogit serve --max-pending`); the least recently seen are dropped.
+    pub fn max_pending(mut self, max: usize) -> P2PServer {
+        self.max_pending = max;
+        self
     }
 
     /// The home whose memory repository is served and whose `peers.json`
@@ -177,7 +186,8 @@ impl P2PServer {
             .unwrap_or_else(|| ReplicatorConfig::new(home.repo_path(), me));
         rcfg.repo = home.repo_path();
         rcfg.me = me;
-        let policy = Arc::new(PeerStoreTrust::new(home.peers_path()));
+        let policy =
+            Arc::new(PeerStoreTrust::new(home.peers_path()).with_max_pending(self.max_pending));
         let (inbox_tx, inbox_rx) = mpsc::channel(64);
         let mut node = Node::new(self.identity.clone(), self.config, policy);
         if let Some((d, private)) = self.discovery {

@@ -59,6 +59,9 @@ pub struct Args {
     /// Throttle sending to this many bytes per second (e.g. 10M)
     #[arg(long, value_parser = crate::cmd::sync::parse_size, value_name = "BYTES/S")]
     pub max_rate: Option<u64>,
+    /// Most unknown keys kept as pending (`mmogit p2p pending`); beyond that the least recently seen are dropped
+    #[arg(long, default_value_t = mmogit_node::DEFAULT_MAX_PENDING, value_name = "N")]
+    pub max_pending: usize,
     /// Bundle bytes per GitBundle chunk (at most 7M; smaller for tests)
     #[arg(long, hide = true, value_parser = crate::cmd::sync::parse_size)]
     pub chunk_size: Option<u64>,
@@ -84,7 +87,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         status_path: Some(ctx.home.status_path()),
         ..NodeConfig::default()
     };
-    let policy = Arc::new(PeerStoreTrust::new(ctx.home.peers_path()));
+    let policy =
+        Arc::new(PeerStoreTrust::new(ctx.home.peers_path()).with_max_pending(args.max_pending));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

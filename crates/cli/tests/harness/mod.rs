@@ -164,20 +164,21 @@ impl Host {
         r.code == 0 && r.json()["ok"] == true
     }
 
-    /// Trusts `other` (its key and address) in this host's peers.json.
-    /// Safe while this host's serve runs only between its writes; prefer
-    /// setting trust before [`Host::start`].
+    /// Trusts `other` (its key and address) in this host's peers.json,
+    /// under the file's lock (safe while this host's serve runs).
     pub fn trust(&self, other: &Host) {
         let path = self.home.home.join("peers.json");
-        let mut store = mmogit_node::PeerStore::load(&path).expect("load peers.json");
         let pk: mmogit_identity::PublicKey = other.pubkey.parse().unwrap();
-        store.add(
-            pk,
-            Some(format!("h{}", other.index)),
-            vec![other.addr()],
-            mmogit_node::PeerSource::Manual,
-        );
-        store.save().expect("save peers.json");
+        mmogit_node::PeerStore::update(&path, |store| {
+            store.add(
+                pk,
+                Some(format!("h{}", other.index)),
+                vec![other.addr()],
+                mmogit_node::PeerSource::Manual,
+            );
+            Ok::<_, mmogit_node::PeerStoreError>(())
+        })
+        .expect("update peers.json");
     }
 
     /// Starts `mmogit serve --listen <ip>:7420 <extra>` in the namespace and

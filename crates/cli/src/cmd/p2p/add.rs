@@ -10,7 +10,7 @@ use mmogit_identity::PublicKey;
 use mmogit_node::{NodeError, PeerRecord, PeerSource};
 use serde::Serialize;
 
-use super::{client_config, is_address, load_peers, parse_pubkey, runtime};
+use super::{client_config, is_address, parse_pubkey, runtime, update_peers};
 use crate::exit::{code, Exit};
 use crate::output::print_json;
 use crate::Ctx;
@@ -147,15 +147,17 @@ fn add_address(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     if args.pubkey.is_none() {
         confirm(&pk, &args.target, args.yes)?;
     }
-    let mut store = load_peers(ctx)?;
-    store.add(
-        pk,
-        args.name.clone(),
-        vec![args.target.clone()],
-        PeerSource::Manual,
-    );
-    store.save()?;
-    let rec = store.get_key(&pk).expect("just added");
+    let rec = update_peers(ctx, |store| {
+        Ok(store
+            .add(
+                pk,
+                args.name.clone(),
+                vec![args.target.clone()],
+                PeerSource::Manual,
+            )
+            .clone())
+    })?;
+    let rec = &rec;
     if let Some(n) = &note {
         eprintln!("note: {n}");
     }
@@ -211,11 +213,14 @@ fn add_git(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     }
     let remote = remote_name(&pk);
     store.set_remote(&remote, &url)?;
-    let mut peers = load_peers(ctx)?;
-    peers.add(pk, args.name.clone(), Vec::new(), PeerSource::Git);
-    peers.set_git(&pk, Some(url.clone()), Some(remote.clone()));
-    peers.save()?;
-    let rec = peers.get_key(&pk).expect("just added");
+    let rec = update_peers(ctx, |peers| {
+        peers.add(pk, args.name.clone(), Vec::new(), PeerSource::Git);
+        Ok(peers
+            .set_git(&pk, Some(url.clone()), Some(remote.clone()))
+            .expect("just added")
+            .clone())
+    })?;
+    let rec = &rec;
     if args.json {
         print_json(&PeerJson::new(rec))?;
     } else {

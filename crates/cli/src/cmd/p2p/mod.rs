@@ -80,6 +80,15 @@ pub fn load_peers(ctx: &Ctx) -> anyhow::Result<PeerStore> {
     Ok(PeerStore::load(&ctx.home.peers_path())?)
 }
 
+/// Changes peers.json of the home under its lock (re-read, change, write:
+/// see [`PeerStore::update`]), so a concurrent `serve` or CLI loses nothing.
+pub fn update_peers<T>(
+    ctx: &Ctx,
+    change: impl FnOnce(&mut PeerStore) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    PeerStore::update(&ctx.home.peers_path(), change)
+}
+
 /// Whether `s` looks like `host:port` rather than a peer name or key prefix.
 pub fn is_address(s: &str) -> bool {
     s.parse::<std::net::SocketAddr>().is_ok()

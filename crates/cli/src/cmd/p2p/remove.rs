@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::load_peers;
+use super::update_peers;
 use crate::Ctx;
 
 /// Forget a peer: it is no longer trusted, and its git remote is removed.
@@ -16,12 +16,13 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
-    let mut store = load_peers(ctx)?;
-    let rec = store.remove(&args.peer)?;
-    if let Some(remote) = &rec.git_remote {
-        ctx.home.open_store()?.remove_remote(remote)?;
-    }
-    store.save()?;
+    let rec = update_peers(ctx, |store| {
+        let rec = store.remove(&args.peer)?;
+        if let Some(remote) = &rec.git_remote {
+            ctx.home.open_store()?.remove_remote(remote)?;
+        }
+        Ok(rec)
+    })?;
     println!("removed {}", rec.pubkey);
     Ok(ExitCode::SUCCESS)
 }

@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
-use mmogit_node::{PeerSource, PeerStoreError, TrustState};
+use mmogit_identity::PublicKey;
+use mmogit_node::{PeerSource, PeerStore, PeerStoreError, TrustState};
 
 use super::add::PeerJson;
-use super::{load_peers, when};
+use super::{load_peers, update_peers, when};
 use crate::output::print_json;
 use crate::Ctx;
 
@@ -73,37 +74,37 @@ pub fn pending(ctx: &Ctx, args: PendingArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn accept(ctx: &Ctx, args: AcceptArgs) -> anyhow::Result<ExitCode> {
-    let mut store = load_peers(ctx)?;
-    let rec = store.trust(&args.peer)?.clone();
-    if args.name.is_some() {
-        store.add(rec.pubkey, args.name, Vec::new(), rec.source);
-    }
-    store.save()?;
+    let rec = update_peers(ctx, |store| {
+        let rec = store.trust(&args.peer)?.clone();
+        if args.name.is_some() {
+            store.add(rec.pubkey, args.name, Vec::new(), rec.source);
+        }
+        Ok(rec)
+    })?;
     println!("trusted {}", rec.pubkey);
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn block(ctx: &Ctx, args: BlockArgs) -> anyhow::Result<ExitCode> {
-    let mut store = load_peers(ctx)?;
-    let pk = match store.set_blocked(&args.peer) {
+    let pk = update_peers(ctx, |store| block_in(store, &args.peer))?;
+    println!("blocked {pk}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn block_in(store: &mut PeerStore, peer: &str) -> anyhow::Result<PublicKey> {
+    Ok(match store.set_blocked(peer) {
         Ok(r) => r.pubkey,
         Err(PeerStoreError::NotFound(_)) => {
             // A key we have never seen can be blocked ahead of time.
-            let pk = super::parse_pubkey(&args.peer).map_err(|e| {
+            let pk = super::parse_pubkey(peer).map_err(|e| {
                 crate::exit::Exit::new(
                     crate::exit::code::USAGE,
-                    format!(
-                        "no known peer matches `{}` and it is not a full key: {e}",
-                        args.peer
-                    ),
+                    format!("no known peer matches `{peer}` and it is not a full key: {e}"),
                 )
             })?;
             store.add(pk, None, Vec::new(), PeerSource::Manual);
             store.set_blocked(&pk.to_hex())?.pubkey
         }
         Err(e) => return Err(e.into()),
-    };
-    store.save()?;
-    println!("blocked {pk}");
-    Ok(ExitCode::SUCCESS)
+    })
 }
