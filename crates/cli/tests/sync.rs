@@ -192,6 +192,25 @@ fn a_rewritten_branch_in_the_remote_is_refused_and_kept_as_evidence() {
     assert!(ev.starts_with(&format!("refs/mmogit/evidence/{}/", s.pka)));
     assert_eq!(git(&s.b.repo(), &["rev-parse", ev]), root);
     assert_eq!(heads(&s.b.repo()), before);
+    // Reported by verify (not a problem of this repository) and by
+    // sync --status for that peer.
+    let v = s.b.run(&["verify", "--json"]).json();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["evidence"][0], ev);
+    let out = s.b.run(&["verify"]);
+    assert_eq!(out.code, 0);
+    assert!(
+        out.stdout.contains(&format!("EVIDENCE {ev}")),
+        "{}",
+        out.stdout
+    );
+    let st = s.b.run(&["sync", "--status", "--json"]).json();
+    assert_eq!(st[0]["evidence"][0], ev);
+    let st = s.b.run(&["sync", "--status"]).ok();
+    assert!(
+        st.contains(&format!("evidence of a rewritten history: {ev}")),
+        "{st}"
+    );
 }
 
 #[test]

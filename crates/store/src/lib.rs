@@ -30,7 +30,7 @@ pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX};
 pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
 pub use sync::{
     BranchIngest, BundleInfo, Incoming, IngestReport, IngestStatus, DEFAULT_BUNDLE_TIMEOUT,
-    EVIDENCE_PREFIX, QUARANTINE_PREFIX,
+    EVIDENCE_PREFIX, MAX_EVIDENCE_PER_AUTHOR, QUARANTINE_PREFIX,
 };
 pub use verify::{Problem, VerifyReport};
 

@@ -38,6 +38,9 @@ use crate::StoreError;
 pub const QUARANTINE_PREFIX: &str = "refs/quarantine/";
 /// Namespace of refused rewritten histories: `<prefix><key>/<unix time>`.
 pub const EVIDENCE_PREFIX: &str = "refs/mmogit/evidence/";
+/// Evidence refs kept per author at most; later rewritten histories of the
+/// same author are refused without being kept.
+pub const MAX_EVIDENCE_PER_AUTHOR: usize = 16;
 /// Time limit of [`Store::create_bundle`].
 pub const DEFAULT_BUNDLE_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_CAS_ATTEMPTS: u32 = 20;
@@ -487,8 +490,7 @@ impl Store {
                                 .into(),
                         });
                     }
-                    q.migrate(self)?;
-                    out.evidence = Some(self.keep_evidence(&author, new)?);
+                    out.evidence = self.keep_evidence(q, &author, new)?;
                 }
                 tracing::info!(
                     branch = %branch,
@@ -540,9 +542,38 @@ impl Store {
         Ok(out)
     }
 
-    /// Keeps a refused rewritten tip under `refs/mmogit/evidence/<key>/<unix time>`.
-    fn keep_evidence(&self, author: &PublicKey, tip: Oid) -> Result<String, StoreError> {
-        let base = format!("{EVIDENCE_PREFIX}{}/{}", author.to_hex(), unix_now());
+    /// Keeps a refused rewritten tip under
+    /// `refs/mmogit/evidence/<key>/<unix time>`, when it is evidence: its
+    /// whole history verifies as the branch owner's (every memory signed by
+    /// them; junk or forgeries are not kept, so nobody else can make us
+    /// store objects this way), and the author has fewer than
+    /// [`MAX_EVIDENCE_PER_AUTHOR`] evidence refs. Its objects move in from
+    /// the quarantine first.
+    fn keep_evidence(
+        &self,
+        q: &Quarantine,
+        author: &PublicKey,
+        tip: Oid,
+    ) -> Result<Option<String>, StoreError> {
+        let prefix = format!("{EVIDENCE_PREFIX}{}/", author.to_hex());
+        let kept = self
+            .evidence_refs()?
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .collect::<Vec<_>>();
+        if let Some((name, _)) = kept.iter().find(|(_, t)| *t == tip) {
+            return Ok(Some(name.clone()));
+        }
+        if kept.len() >= MAX_EVIDENCE_PER_AUTHOR {
+            tracing::info!(author = %author.short(12), "rewritten history not kept: evidence limit reached");
+            return Ok(None);
+        }
+        if !q.store().verify_history(author, tip, None)?.is_ok() {
+            tracing::info!(author = %author.short(12), "rewritten history not kept: it does not verify");
+            return Ok(None);
+        }
+        q.migrate(self)?;
+        let base = format!("{prefix}{}", unix_now());
         for n in 0..1000 {
             let name = if n == 0 {
                 base.clone()
@@ -550,7 +581,7 @@ impl Store {
                 format!("{base}-{n}")
             };
             match self.git().refname_to_id(&name) {
-                Ok(existing) if existing == tip => return Ok(name),
+                Ok(existing) if existing == tip => return Ok(Some(name)),
                 Ok(_) => continue,
                 Err(e) if e.code() == ErrorCode::NotFound => {}
                 Err(e) => return Err(e.into()),
@@ -559,7 +590,7 @@ impl Store {
                 .git()
                 .reference(&name, tip, false, "refused rewritten history")
             {
-                Ok(_) => return Ok(name),
+                Ok(_) => return Ok(Some(name)),
                 Err(e) if e.code() == ErrorCode::Exists => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -31,6 +31,10 @@ pub struct VerifyReport {
     /// Memories that verified.
     pub memories: usize,
     pub problems: Vec<Problem>,
+    /// Refs keeping refused rewritten histories (`refs/mmogit/evidence/…`):
+    /// not problems of this repository, but signs that an author's branch
+    /// was rewritten somewhere.
+    pub evidence: Vec<String>,
 }
 
 impl VerifyReport {
@@ -106,6 +110,7 @@ impl Store {
                 reason: format!("the branch is not named by a valid public key: {why}"),
             });
         }
+        report.evidence = self.evidence_refs()?.into_iter().map(|(n, _)| n).collect();
         for (owner, tip) in self.branches()? {
             let r = self.verify_history(&owner, tip, None)?;
             report.branches += 1;

@@ -687,3 +687,73 @@ fn a_killed_ingest_never_moves_a_branch_to_an_unverified_tip() {
         assert!(c.store.verify_all().unwrap().is_ok());
     }
 }
+
+#[test]
+fn evidence_is_kept_only_when_it_verifies_and_at_most_16_per_author() {
+    let (a, c) = (repo(), repo());
+    let ida = id(1);
+    let pka = ida.public_key();
+    remember(&a.store, &ida, "one");
+    ingest(&c.store, path_str(&a.path));
+    let objects_before = object_files(&c.store);
+
+    // A rewritten history that does not verify (a forged memory under the
+    // author's branch): refused and not kept, nothing left behind.
+    let forged = repo();
+    let m = remember(&forged.store, &ida, "original words");
+    let tip = forged.store.tip(&pka).unwrap().unwrap();
+    let g = forged.store.git();
+    let blob = g
+        .blob(
+            String::from_utf8(m.to_json())
+                .unwrap()
+                .replace("original words", "forged words")
+                .as_bytes(),
+        )
+        .unwrap();
+    let mut tb = git2::build::TreeUpdateBuilder::new();
+    tb.upsert(
+        mmogit_store::memory_path(m.id()),
+        blob,
+        git2::FileMode::Blob,
+    );
+    let tree = tb
+        .create_updated(g, &g.find_commit(tip).unwrap().tree().unwrap())
+        .unwrap();
+    let sig = git2::Signature::now("f", "f@f").unwrap();
+    let root = g
+        .commit(
+            None,
+            &sig,
+            &sig,
+            "forged root",
+            &g.find_tree(tree).unwrap(),
+            &[],
+        )
+        .unwrap();
+    g.reference(&mmogit_store::branch_name(&pka), root, true, "forge")
+        .unwrap();
+    let r = ingest(&c.store, path_str(&forged.path));
+    assert_eq!(r.branches[0].status, IngestStatus::Refused);
+    assert_eq!(r.branches[0].evidence, None);
+    assert!(c.store.evidence_refs().unwrap().is_empty());
+    assert_eq!(object_files(&c.store), objects_before);
+
+    // Genuinely signed rewritten histories: the first 16 are kept, then
+    // they are refused without being kept.
+    for n in 0..18 {
+        let other = repo();
+        remember(&other.store, &ida, &format!("another past {n}"));
+        let r = ingest(&c.store, path_str(&other.path));
+        let b = &r.branches[0];
+        assert_eq!(b.status, IngestStatus::Refused);
+        assert_eq!(b.evidence.is_some(), n < 16, "rewrite {n}: {b:?}");
+    }
+    assert_eq!(
+        c.store.evidence_refs().unwrap().len(),
+        mmogit_store::MAX_EVIDENCE_PER_AUTHOR
+    );
+    let report = c.store.verify_all().unwrap();
+    assert!(report.is_ok());
+    assert_eq!(report.evidence.len(), 16);
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use mmogit::api::sync::{git_source, SyncState};
 use mmogit::{Agent, PeerSyncResult, SyncOptions, SyncProgress, SyncTarget};
 use mmogit_node::PeerRecord;
+use mmogit_store::EVIDENCE_PREFIX;
 use serde::Serialize;
 
 use super::p2p::when;
@@ -282,6 +283,8 @@ struct StatusJson {
     outgoing: Option<bool>,
     /// Why `behind` is unknown.
     note: Option<String>,
+    /// Evidence refs kept of rewritten histories of this peer's branch.
+    evidence: Vec<String>,
 }
 
 fn status(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
@@ -294,9 +297,11 @@ fn status(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     };
     let peers = agent.sync_peers(&target).map_err(usage_exit)?;
     let state = SyncState::load(&agent.sync_state_path());
+    let evidence = store.evidence_refs()?;
     let mut out = Vec::new();
     for rec in &peers {
         let last = state.peers.get(&rec.pubkey.to_hex());
+        let ev_prefix = format!("{EVIDENCE_PREFIX}{}/", rec.pubkey.to_hex());
         let mut s = StatusJson {
             peer: rec.pubkey.to_hex(),
             name: rec.name.clone(),
@@ -308,6 +313,11 @@ fn status(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             incoming: None,
             outgoing: None,
             note: None,
+            evidence: evidence
+                .iter()
+                .filter(|(name, _)| name.starts_with(&ev_prefix))
+                .map(|(name, _)| name.clone())
+                .collect(),
         };
         if rec.git_remote.is_none() && rec.git_url.is_none() {
             s.via = "p2p";
@@ -386,6 +396,9 @@ fn status(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             .map(|n| format!("; {n}"))
             .unwrap_or_default();
         println!("{label} via {}: {last}, {behind}{note}", s.via);
+        for ev in &s.evidence {
+            println!("  evidence of a rewritten history: {ev}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,7 @@ use crate::Ctx;
 /// Example: `mmogit verify --json`
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Print the report as JSON: {ok, branches, commits, memories, problems: [...]}
+    /// Print the report as JSON: {ok, branches, commits, memories, problems: [...], evidence: [...]}
     #[arg(long)]
     pub json: bool,
 }
@@ -45,6 +45,9 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
                 line.push_str(&format!(" (commit {})", &c[..12.min(c.len())]));
             }
             println!("{line}: {}", p.reason);
+        }
+        for ev in &report.evidence {
+            println!("EVIDENCE {ev}: a rewritten history of this author was refused and kept");
         }
         if !ctx.quiet {
             eprintln!(
