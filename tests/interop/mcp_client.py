@@ -94,6 +94,11 @@ async def main(binary, home):
                 check(text_of(r).startswith("error: "), f"{tool} {args}: {text_of(r)}")
                 errors.append(text_of(r))
             summary["tool_errors"] = errors
+            # Trust changes are off without `mmogit mcp --allow-trust-changes`.
+            check("--allow-trust-changes" in errors[10], f"accept: {errors[10]}")
+            peers_tool = next(t for t in tools if t.name == "peers")
+            actions = peers_tool.inputSchema["properties"]["action"]["enum"]
+            check(actions == ["list", "pending"], f"peers actions: {actions}")
 
             r = await session.call_tool("peers", {"action": "list"})
             check(not r.isError and r.structuredContent["peers"] == [], f"peers: {text_of(r)}")

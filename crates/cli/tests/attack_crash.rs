@@ -2,7 +2,8 @@
 //! replicates them, and both ends of a live transfer. After restarting,
 //! `verify` passes everywhere, every acknowledged memory is there, and the
 //! replication completes. Hosts are network namespaces (`harness/mod.rs`);
-//! needs root, skipped otherwise. The random seed is printed: rerun one with
+//! needs root, skipped otherwise (a failure under `CI=true`, as `.ci/run`
+//! sets). The random seed is printed: rerun one with
 //! `MMOGIT_TEST_SEED=<n>`.
 
 mod common;

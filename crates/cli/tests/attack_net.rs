@@ -1,7 +1,8 @@
 //! Failure scenarios on several hosts (network namespaces, real `serve`
 //! processes, see `harness/mod.rs`): partition and heal, kill -9 during
 //! `remember` and mid sync, convergence over a chain and a mesh. Needs root
-//! and iproute2; skipped (with a line on stderr) otherwise. The 20-node runs
+//! and iproute2; skipped (with a line on stderr) otherwise, except under
+//! `CI=true` (`.ci/run`), where a missing requirement fails. The 20-node runs
 //! need `MMOGIT_LONG_TESTS=1`; the 5-node versions always run.
 
 mod common;

@@ -55,9 +55,14 @@ struct Mcp {
 
 impl Mcp {
     fn start(h: &TestHome) -> Mcp {
+        Mcp::start_with(h, &[])
+    }
+
+    fn start_with(h: &TestHome, extra: &[&str]) -> Mcp {
         let mut child = h
             .cmd()
             .arg("mcp")
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -243,13 +248,13 @@ fn sync_and_peers_tools_work_with_a_real_peer() {
     assert_eq!(add.code, 0, "{}", add.stderr);
     alice.remember(&["--tag", "news", "from alice"]);
 
-    let mut ma = Mcp::start(&alice);
+    let mut ma = Mcp::start_with(&alice, &["--allow-trust-changes"]);
     let (err, p) = ma.call("peers", json!({"action": "pending"}));
     assert!(!err, "{p}");
     assert_eq!(p["peers"][0]["pubkey"], bob.pubkey(), "{p}");
     let (err, p) = ma.call(
         "peers",
-        json!({"action": "accept", "peer": &bob.pubkey()[..12], "name": "bob"}),
+        json!({"action": "accept", "peer": bob.pubkey(), "name": "bob"}),
     );
     assert!(!err, "{p}");
     assert_eq!(p["accepted"]["trust"], "trusted", "{p}");
@@ -273,6 +278,103 @@ fn sync_and_peers_tools_work_with_a_real_peer() {
     assert!(err, "{t}");
     mb.stop();
     assert_eq!(serve.terminate(), 0);
+}
+
+/// The `peers` tool's actions offered in `tools/list`.
+fn peer_actions(m: &mut Mcp) -> Vec<String> {
+    let list = m.request("tools/list", json!({}));
+    let peers = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "peers")
+        .unwrap()
+        .clone();
+    peers["inputSchema"]["properties"]["action"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn trust_changes_are_off_by_default_and_then_need_the_full_key() {
+    let alice = TestHome::init();
+    let bob = TestHome::init();
+    let serve = Serve::start(&alice, &[]);
+    // Bob asks: Alice's node records him as pending.
+    let add = bob.run(&["p2p", "add", &serve.addr, "--pubkey", &alice.pubkey()]);
+    assert_eq!(add.code, 0, "{}", add.stderr);
+    assert_eq!(serve.terminate(), 0);
+    let peers_json = alice.home.join("peers.json");
+    let before = std::fs::read(&peers_json).unwrap();
+    let key = bob.pubkey();
+
+    // Without the flag: no accept offered, and none done, whatever the key.
+    let mut m = Mcp::start(&alice);
+    assert_eq!(peer_actions(&mut m), ["list", "pending"]);
+    for peer in [key.clone(), key[..8].to_string()] {
+        let (err, t) = m.call("peers", json!({"action": "accept", "peer": peer}));
+        assert!(err, "{t}");
+        let t = t.as_str().unwrap();
+        assert!(
+            t.starts_with("error: ") && t.contains("mmogit mcp --allow-trust-changes"),
+            "{t}"
+        );
+    }
+    // Reading stays available.
+    let (err, p) = m.call("peers", json!({"action": "pending"}));
+    assert!(!err, "{p}");
+    assert_eq!(p["peers"][0]["pubkey"], key, "{p}");
+    let (err, p) = m.call("peers", json!({"action": "list"}));
+    assert!(!err, "{p}");
+    m.stop();
+    assert_eq!(
+        std::fs::read(&peers_json).unwrap(),
+        before,
+        "peers.json untouched"
+    );
+
+    // With the flag: a prefix, a name or a malformed key is refused...
+    let mut m = Mcp::start_with(&alice, &["--allow-trust-changes"]);
+    assert_eq!(peer_actions(&mut m), ["list", "pending", "accept"]);
+    for peer in [
+        key[..8].to_string(),
+        key[..63].to_string(),
+        format!("{key}0"),
+        format!("{}zz", &key[..62]),
+        "bob".to_string(),
+    ] {
+        let (err, t) = m.call("peers", json!({"action": "accept", "peer": peer}));
+        assert!(err, "{peer}: {t}");
+        let t = t.as_str().unwrap();
+        assert!(t.contains("full 64-hex key"), "{peer}: {t}");
+    }
+    let (err, t) = m.call("peers", json!({"action": "accept"}));
+    assert!(
+        err && t.as_str().unwrap().contains("full 64-hex key"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read(&peers_json).unwrap(),
+        before,
+        "peers.json untouched"
+    );
+    // ...and the full key (either case) is accepted.
+    let (err, p) = m.call(
+        "peers",
+        json!({"action": "accept", "peer": key.to_uppercase(), "name": "bob"}),
+    );
+    assert!(!err, "{p}");
+    assert_eq!(p["accepted"]["pubkey"], key, "{p}");
+    assert_eq!(p["accepted"]["trust"], "trusted", "{p}");
+    m.stop();
+    assert_ne!(
+        std::fs::read(&peers_json).unwrap(),
+        before,
+        "the accept was written"
+    );
 }
 
 #[test]

@@ -129,6 +129,17 @@ fn tips_of(store: &Store) -> Result<Vec<BranchTip>, NodeError> {
         .collect())
 }
 
+/// The tips we show peers (pull answers, announces): every branch, or only
+/// our own with `serve_own_only`.
+fn served_tips(cfg: &ReplicatorConfig, store: &Store) -> Result<Vec<BranchTip>, NodeError> {
+    let mut tips = tips_of(store)?;
+    if cfg.serve_own_only {
+        let me = cfg.me.to_hex();
+        tips.retain(|t| t.author == me);
+    }
+    Ok(tips)
+}
+
 fn store_err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Protocol(format!("store: {e}"))
 }
@@ -177,7 +188,7 @@ enum SyncAnswer {
 
 fn answer_sync(cfg: &ReplicatorConfig, req: &SyncRequest) -> Result<SyncAnswer, NodeError> {
     let store = open(&cfg.repo)?;
-    let tips = tips_of(&store)?;
+    let tips = served_tips(cfg, &store)?;
     let have = parse_tips(&req.have);
     let only = [cfg.me];
     let limit = req.max_transfer.unwrap_or(u64::MAX).min(cfg.max_transfer);
@@ -406,8 +417,9 @@ fn ingest_tag(peer: &PublicKey) -> String {
 // ---- queries --------------------------------------------------------------
 
 /// Answers a query (blocking): verified memories matching the filters,
-/// newest first, one page; the cursor is the offset of the next page.
-fn answer_query(repo: &std::path::Path, req: &MemoryRequest) -> MemoryResponse {
+/// newest first, one page; the cursor is the offset of the next page. With
+/// `serve_own_only`, only our own memories match.
+fn answer_query(cfg: &ReplicatorConfig, req: &MemoryRequest) -> MemoryResponse {
     let mut resp = MemoryResponse {
         id: Some(req.id),
         ..Default::default()
@@ -429,6 +441,17 @@ fn answer_query(repo: &std::path::Path, req: &MemoryRequest) -> MemoryResponse {
             Err(_) => return fail(resp, format!("unknown type {t:?}")),
         }
     }
+    if cfg.serve_own_only {
+        // No author asked means every author: here, only us. Other authors
+        // asked for match nothing (an empty list would mean every author).
+        if filter.authors.is_empty() {
+            filter.authors.push(cfg.me);
+        } else if !filter.authors.contains(&cfg.me) {
+            return resp;
+        } else {
+            filter.authors = vec![cfg.me];
+        }
+    }
     filter.tags = req.tags.clone();
     if let Some(s) = &req.since {
         match mmogit_store::parse_time(s) {
@@ -447,7 +470,7 @@ fn answer_query(repo: &std::path::Path, req: &MemoryRequest) -> MemoryResponse {
     if offset >= wanted {
         return resp;
     }
-    let store = match Store::open(repo) {
+    let store = match Store::open(&cfg.repo) {
         Ok(s) => s,
         Err(e) => return fail(resp, e.to_string()),
     };
@@ -619,8 +642,8 @@ impl Replicator {
         if connected.is_empty() {
             return;
         }
-        let repo = self.cfg.repo.clone();
-        let tips = match blocking(move || tips_of(&open(&repo)?)).await {
+        let cfg = self.cfg.clone();
+        let tips = match blocking(move || served_tips(&cfg, &open(&cfg.repo)?)).await {
             Ok(t) => t,
             Err(e) => {
                 debug!(error = %e, "cannot read our tips");
@@ -663,10 +686,10 @@ impl Replicator {
                 }
             }
             Message::MemoryRequest(req) => {
-                let repo = self.cfg.repo.clone();
+                let cfg = self.cfg.clone();
                 tokio::spawn(async move {
                     let id = req.id;
-                    let resp = tokio::task::spawn_blocking(move || answer_query(&repo, &req))
+                    let resp = tokio::task::spawn_blocking(move || answer_query(&cfg, &req))
                         .await
                         .unwrap_or_else(|e| MemoryResponse {
                             id: Some(id),

@@ -5,6 +5,12 @@
 //! ([`mmogit::Agent`]) like the commands of the same names. A bad argument
 //! or a failing call is a tool error (`isError: true` with the reason), never
 //! a crash. stdout is the protocol; logs go to stderr.
+//!
+//! Memories from peers reach the same agent that holds these tools, so a
+//! memory's content can try to talk it into trusting a key. Trust changes
+//! (`peers` accept) are therefore off unless `--allow-trust-changes`, and
+//! then name the peer by its full 64-hex key: never a name or a prefix, which
+//! an attacker can grind out.
 
 use std::borrow::Cow;
 use std::process::ExitCode;
@@ -31,8 +37,9 @@ use crate::Ctx;
 /// Serve the Model Context Protocol on stdin/stdout for an MCP-capable agent.
 ///
 /// Tools: remember, recall (filters and full-text query), sync, peers (list,
-/// pending, accept), status. Uses the home and identity of the other
-/// commands and may run beside `mmogit serve`. Logs go to stderr.
+/// pending; accept with --allow-trust-changes), status. Uses the home and
+/// identity of the other commands and may run beside `mmogit serve`. Logs go
+/// to stderr.
 ///
 /// Example agent configuration: `{"mcpServers": {"mmogit": {"command": "mmogit", "args": ["mcp"]}}}`
 #[derive(clap::Args, Debug)]
@@ -40,6 +47,9 @@ pub struct Args {
     /// Most memories a recall returns when the caller gives no limit
     #[arg(long, default_value_t = 50)]
     pub default_limit: usize,
+    /// Let the `peers` tool change trust (accept), given a peer's full 64-hex key only. Off by default: memory content from peers reaches the agent that holds the tool
+    #[arg(long)]
+    pub allow_trust_changes: bool,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
@@ -50,6 +60,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let server = McpServer {
         agent,
         default_limit: args.default_limit.max(1),
+        allow_trust_changes: args.allow_trust_changes,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -73,6 +84,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
 pub struct McpServer {
     agent: Agent,
     default_limit: usize,
+    /// `--allow-trust-changes`: the `peers` tool may accept a peer.
+    allow_trust_changes: bool,
 }
 
 /// A tool failure shown to the caller.
@@ -120,9 +133,45 @@ fn type_names() -> Vec<&'static str> {
     MemoryType::ALL.iter().map(|t| t.as_str()).collect()
 }
 
-/// The tools and their input schemas.
-pub fn tools() -> Vec<Tool> {
+/// The key a trust-changing `peers` action names (every such action asks
+/// here before it reads or writes anything): refused unless trust changes are
+/// allowed, and then only a full 64-hex key (a prefix or a name could match a
+/// key an attacker ground out).
+fn trust_change_key(allowed: bool, action: &str, peer: Option<&str>) -> Result<String, ToolError> {
+    if !allowed {
+        return Err(bad(format!(
+            "`{action}` changes trust and is off: start the server with `mmogit mcp --allow-trust-changes` to allow it (or run `mmogit p2p {action}` yourself)"
+        )));
+    }
+    let peer =
+        peer.ok_or_else(|| bad(format!("{action} needs `peer`: the peer's full 64-hex key")))?;
+    if peer.len() != 64 || !peer.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad(format!(
+            "{action} needs the peer's full 64-hex key, not a name or a prefix: got {:?}",
+            peer.chars().take(80).collect::<String>()
+        )));
+    }
+    let pk: mmogit_identity::PublicKey = peer
+        .parse()
+        .map_err(|e| bad(format!("{action}: {peer} is not a valid public key: {e}")))?;
+    Ok(pk.to_hex())
+}
+
+/// The tools and their input schemas (`peers` offers accept only when trust
+/// changes are allowed).
+pub fn tools(allow_trust_changes: bool) -> Vec<Tool> {
     let types = type_names();
+    let (peer_actions, peers_help): (&[&str], &str) = if allow_trust_changes {
+        (
+            &["list", "pending", "accept"],
+            "Peers: `list` every known peer with its trust state, `pending` those that asked to connect, `accept` one (trust it) by its full 64-hex key.",
+        )
+    } else {
+        (
+            &["list", "pending"],
+            "Peers: `list` every known peer with its trust state, `pending` those that asked to connect. Trust changes are off (`mmogit mcp --allow-trust-changes` enables accept).",
+        )
+    };
     vec![
         Tool::new(
             "remember",
@@ -171,12 +220,12 @@ pub fn tools() -> Vec<Tool> {
         ),
         Tool::new(
             "peers",
-            "Peers: `list` every known peer with its trust state, `pending` those that asked to connect, `accept` one (trust it).",
+            peers_help,
             schema(json!({
                 "type": "object",
                 "properties": {
-                    "action": {"type": "string", "enum": ["list", "pending", "accept"], "default": "list"},
-                    "peer": {"type": "string", "description": "For accept: the peer's name, key prefix (at least 8 hex) or key"},
+                    "action": {"type": "string", "enum": peer_actions, "default": "list"},
+                    "peer": {"type": "string", "description": "For accept: the peer's full 64-hex key (no name, no prefix)"},
                     "name": {"type": "string", "description": "For accept: a name for the peer"}
                 },
                 "additionalProperties": false
@@ -373,9 +422,7 @@ impl McpServer {
                 Ok(json!({ "peers": list }))
             }
             "accept" => {
-                let peer = a
-                    .peer
-                    .ok_or_else(|| bad("accept needs `peer`: its name, key prefix or key"))?;
+                let peer = trust_change_key(self.allow_trust_changes, "accept", a.peer.as_deref())?;
                 let rec = self.agent.accept_peer(&peer, a.name)?;
                 Ok(json!({ "accepted": PeerJson::new(&rec) }))
             }
@@ -495,7 +542,9 @@ impl ServerHandler for McpServer {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(tools()))
+        Ok(ListToolsResult::with_all_items(tools(
+            self.allow_trust_changes,
+        )))
     }
 
     async fn call_tool(

@@ -13,8 +13,10 @@
 //!   ns mmh<pid>n<k>h<i>: eth0 = 10.77.<run>.<i>/24, lo up   (veth to h<i>)
 //! ```
 //!
-//! Needs root and iproute2 (`.ci/run` installs iproute2). Without root,
-//! [`Net::new`] returns `None` and the caller skips, saying so on stderr.
+//! Needs root and iproute2 (`.ci/run` runs as root and installs iproute2).
+//! Without them, [`Net::new`] returns `None` and the caller skips, saying so
+//! on stderr; under `CI=true` (`.ci/run` sets it) it panics instead, so a CI
+//! run can never pass by skipping these tests.
 //! Traffic only flows between the net's own namespaces: the root namespace
 //! has no route into them.
 //!
@@ -44,6 +46,12 @@ pub fn ip(args: &[&str]) {
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// True in a CI run (`CI=true`, which `.ci/run` sets): there a test that
+/// cannot run must fail, not skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// True when namespaces can be made here (root and `ip` present).
@@ -301,11 +309,17 @@ pub struct Net {
 
 impl Net {
     /// Creates `n` hosts (1 ≤ n ≤ 250), each with an initialized home, on
-    /// one bridge; no serve runs yet. `None` when not root (the caller skips).
+    /// one bridge; no serve runs yet. `None` when not root (the caller skips;
+    /// under `CI=true` this panics instead).
     pub fn new(n: usize) -> Option<Net> {
         assert!((1..=250).contains(&n));
         if !available() {
-            eprintln!("SKIPPED: the multi-host harness needs root and iproute2");
+            let why = "the multi-host harness needs root and iproute2 (`ip`)";
+            assert!(
+                !in_ci(),
+                "{why}; CI=true, so this test fails rather than skip (.ci/run runs as root and installs iproute2)"
+            );
+            eprintln!("SKIPPED: {why} (under CI=true this fails)");
             return None;
         }
         remove_stale();
