@@ -950,4 +950,72 @@ mod tests {
         w.write(&[1, 2, 3]).unwrap();
         assert!(w.finish().unwrap_err().to_string().contains("SHA-256"));
     }
+
+    /// A bundle whose pack is `entries` (type, raw body before zlib, and
+    /// for an OFS delta the index of its base entry), claiming tip `tip`
+    /// for `key`.
+    fn crafted_bundle(
+        key: &PublicKey,
+        tip: Oid,
+        entries: &[(u8, Vec<u8>, Option<usize>)],
+    ) -> Vec<u8> {
+        use sha1::Digest;
+        let mut pack = b"PACK".to_vec();
+        pack.extend_from_slice(&2u32.to_be_bytes());
+        pack.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        let mut z = crate::pack::Deflater::new();
+        let mut starts = Vec::new();
+        for (kind, body, base) in entries {
+            let start = pack.len();
+            starts.push(start);
+            crate::pack::object_header(&mut pack, *kind, body.len());
+            if let Some(b) = base {
+                encode_ofs(&mut pack, (start - starts[*b]) as u64);
+            }
+            z.append(body, &mut pack).unwrap();
+        }
+        let sum = sha1::Sha1::digest(&pack);
+        pack.extend_from_slice(&sum);
+        let mut out = format!(
+            "# v2 git bundle\n{tip} refs/heads/users/{}\n\n",
+            key.to_hex()
+        )
+        .into_bytes();
+        out.extend_from_slice(&pack);
+        out
+    }
+
+    #[test]
+    fn a_delta_claiming_a_huge_object_is_refused_before_it_is_built() {
+        // A 1-byte blob, then a delta on it whose header claims 2 GiB - 1:
+        // libgit2 would allocate the result; its limit (16 MiB) refuses it.
+        let (tmp, _a, b, ida) = two_stores();
+        let mut delta = Vec::new();
+        for mut n in [1usize, (1 << 31) - 1] {
+            loop {
+                let byte = (n & 0x7f) as u8;
+                n >>= 7;
+                if n == 0 {
+                    delta.push(byte);
+                    break;
+                }
+                delta.push(byte | 0x80);
+            }
+        }
+        delta.extend_from_slice(&[1, b'x']);
+        let tip = Oid::from_str(&"ab".repeat(20)).unwrap();
+        let bytes = crafted_bundle(
+            &ida.public_key(),
+            tip,
+            &[(3, b"x".to_vec(), None), (OBJ_OFS_DELTA, delta, Some(0))],
+        );
+        let p = tmp.path().join("bomb.bundle");
+        std::fs::write(&p, &bytes).unwrap();
+        let e = b.ingest_bundle(&p, "bomb").unwrap_err().to_string();
+        // libgit2's own words for its size limit.
+        assert!(e.contains("overly large object"), "{e}");
+        assert!(b.branches().unwrap().is_empty());
+        assert!(b.quarantines().is_empty());
+        assert_eq!(crate::repo::MAX_PACK_OBJECT_SIZE, 16 << 20);
+    }
 }

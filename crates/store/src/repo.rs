@@ -24,6 +24,41 @@ pub fn parse_branch_name(refname: &str) -> Option<PublicKey> {
     refname.strip_prefix(BRANCH_PREFIX)?.parse().ok()
 }
 
+/// Most objects libgit2 indexes from one incoming pack. A 1 GiB transfer
+/// (the largest) of real memories holds well under 4 million objects (a
+/// memory is a blob, a commit and two trees at most, each over 100 bytes
+/// packed); the indexer keeps about 100 bytes per object.
+pub const MAX_PACK_OBJECTS: usize = 4_000_000;
+/// Largest object, as declared or as a delta's result, libgit2 accepts from
+/// an incoming pack: a memory file is at most 512 KiB and the largest tree
+/// of a million memories about 320 KiB; a delta claiming gigabytes is refused
+/// before anything is allocated for it.
+pub const MAX_PACK_OBJECT_SIZE: usize = 16 << 20;
+
+/// Sets libgit2's process-wide limits on incoming packs (once).
+fn set_pack_limits() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use libgit2_sys as raw;
+        raw::init();
+        // SAFETY: libgit2 is initialised; with these two options
+        // git_libgit2_opts reads exactly one size_t vararg.
+        unsafe {
+            raw::git_libgit2_opts(
+                raw::GIT_OPT_SET_PACK_MAX_OBJECTS as std::ffi::c_int,
+                MAX_PACK_OBJECTS as libc_size_t,
+            );
+            raw::git_libgit2_opts(
+                raw::GIT_OPT_SET_PACK_MAX_OBJECT_SIZE as std::ffi::c_int,
+                MAX_PACK_OBJECT_SIZE as libc_size_t,
+            );
+        }
+    });
+}
+
+#[allow(non_camel_case_types)]
+type libc_size_t = usize;
+
 /// A memory repository (bare git repository).
 pub struct Store {
     repo: Repository,
@@ -52,6 +87,7 @@ pub(crate) enum Change {
 impl Store {
     /// Opens an existing repository.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        set_pack_limits();
         match Repository::open_bare(path) {
             Ok(repo) => Ok(Store {
                 repo,
@@ -67,6 +103,7 @@ impl Store {
     /// Opens the repository, creating an empty bare one if there is none.
     /// Never touches an existing repository's content.
     pub fn open_or_init(path: &Path) -> Result<Store, StoreError> {
+        set_pack_limits();
         if path.join("HEAD").exists() {
             return Self::open(path);
         }
