@@ -25,7 +25,7 @@ pub use memory::{
     MAX_TAG_BYTES, SIGNING_DOMAIN,
 };
 pub use quarantine::{Quarantine, QUARANTINE_DIR};
-pub use query::{Filter, RecallResult, Warning};
+pub use query::{Filter, RecallKey, RecallResult, Warning};
 pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX};
 pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
 pub use sync::{

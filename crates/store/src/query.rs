@@ -25,6 +25,48 @@ pub struct Filter {
     pub min_confidence: Option<f64>,
     /// At most this many (the newest).
     pub limit: Option<usize>,
+    /// Only memories after this one in recall order (newest first, then by
+    /// id): the cursor of the next page, costing O(page) to resume.
+    pub after: Option<RecallKey>,
+    /// Refuse (InvalidQuery) a query that more memories match than this:
+    /// each one is sorted (default: no limit).
+    pub max_matches: Option<usize>,
+}
+
+/// A memory's place in recall order: `created_at` in microseconds since
+/// the Unix epoch, then the id. Written `<t>.<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecallKey {
+    pub t: i64,
+    pub id: String,
+}
+
+impl std::fmt::Display for RecallKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.t, self.id)
+    }
+}
+
+impl std::str::FromStr for RecallKey {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<RecallKey, StoreError> {
+        let bad = || StoreError::InvalidQuery(format!("bad recall key {s:?}"));
+        let (t, id) = s.split_once('.').ok_or_else(bad)?;
+        if id.len() != 64 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad());
+        }
+        Ok(RecallKey {
+            t: t.parse().map_err(|_| bad())?,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl RecallKey {
+    /// True when `(t, id)` comes after this key in recall order.
+    fn precedes(&self, t: i64, id: &str) -> bool {
+        t < self.t || (t == self.t && id > self.id.as_str())
+    }
 }
 
 impl Filter {
@@ -68,6 +110,8 @@ pub struct Warning {
 pub struct RecallResult {
     /// Newest first.
     pub memories: Vec<VerifiedMemory>,
+    /// The recall key of each memory, in the same order (for cursors).
+    pub keys: Vec<RecallKey>,
     /// Files that failed to parse or verify; they are never returned as memories.
     pub warnings: Vec<Warning>,
 }
@@ -81,6 +125,7 @@ impl Filter {
                 .min_confidence
                 .is_none_or(|min| e.c.is_some_and(|c| c >= min))
             && self.since.is_none_or(|s| e.created() >= s)
+            && self.after.as_ref().is_none_or(|k| k.precedes(e.t, &e.id))
     }
 }
 
@@ -119,6 +164,14 @@ impl Store {
                     .map(|e| (e, owner)),
             );
         }
+        if let Some(max) = filter.max_matches {
+            if candidates.len() > max {
+                return Err(StoreError::InvalidQuery(format!(
+                    "{} memories match, more than the limit of {max}: narrow the query (authors, types, tags, since)",
+                    candidates.len()
+                )));
+            }
+        }
         candidates.sort_by(|a, b| b.0.t.cmp(&a.0.t).then_with(|| a.0.id.cmp(&b.0.id)));
         let want = filter.limit.unwrap_or(usize::MAX);
         let mut seen: HashSet<&str> = HashSet::new();
@@ -130,6 +183,7 @@ impl Store {
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
             let mut parsed = Vec::with_capacity(n);
+            let mut keys = Vec::with_capacity(n);
             for (e, owner) in chunk {
                 if !seen.insert(e.id.as_str()) {
                     continue;
@@ -146,6 +200,10 @@ impl Store {
                     Ok(m) if m.id == e.id && m.author == **owner => {
                         if filter.matches(&m) {
                             parsed.push((m, warn(String::new())));
+                            keys.push(RecallKey {
+                                t: e.t,
+                                id: e.id.clone(),
+                            });
                         }
                     }
                     Ok(_) => result
@@ -155,9 +213,16 @@ impl Store {
                 }
             }
             let (items, places): (Vec<_>, Vec<_>) = parsed.into_iter().unzip();
-            for (r, mut place) in UnverifiedMemory::verify_many(items).into_iter().zip(places) {
+            for ((r, mut place), key) in UnverifiedMemory::verify_many(items)
+                .into_iter()
+                .zip(places)
+                .zip(keys)
+            {
                 match r {
-                    Ok(vm) => result.memories.push(vm),
+                    Ok(vm) => {
+                        result.memories.push(vm);
+                        result.keys.push(key);
+                    }
                     Err(err) => {
                         place.reason = err.to_string();
                         result.warnings.push(place);
@@ -166,6 +231,7 @@ impl Store {
             }
         }
         result.memories.truncate(want);
+        result.keys.truncate(want);
         Ok(result)
     }
 }

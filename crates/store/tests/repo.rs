@@ -447,3 +447,57 @@ fn recall_index_follows_a_replaced_history() {
     assert_eq!(ids.len(), 1);
     assert!(!ids.contains(&two.id().to_string()));
 }
+
+#[test]
+fn recall_resumes_after_a_key_and_refuses_too_broad_queries() {
+    // Two authors, 1,300 memories, many sharing a creation time (ties are
+    // broken by id): pages resumed from the last key add up to one recall.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_or_init(&dir.path().join("m.git")).unwrap();
+    let base = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+    for who in [1u8, 2] {
+        let id = Identity::from_secret_bytes(&[who; 32]);
+        let ms: Vec<VerifiedMemory> = (0..650u64)
+            .map(|i| {
+                let t = base + std::time::Duration::from_secs(i / 7);
+                let n = common::new(MemoryType::Learning, &format!("m {who} {i}"), &[]);
+                VerifiedMemory::create_at(&id, n, t).unwrap()
+            })
+            .collect();
+        store.import(&id, &ms, 10_000, |_| {}).unwrap();
+    }
+    let all = store.recall(&Filter::default()).unwrap();
+    assert_eq!(all.memories.len(), 1300);
+    assert_eq!(all.keys.len(), 1300);
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .recall(&Filter {
+                limit: Some(500),
+                after: after.clone(),
+                ..Filter::default()
+            })
+            .unwrap();
+        if page.memories.is_empty() {
+            break;
+        }
+        after = page.keys.last().cloned();
+        let key: mmogit_store::RecallKey = after.as_ref().unwrap().to_string().parse().unwrap();
+        assert_eq!(Some(key), after);
+        paged.extend(page.memories.iter().map(|m| m.id().to_string()));
+    }
+    let ids: Vec<String> = all.memories.iter().map(|m| m.id().to_string()).collect();
+    assert_eq!(paged, ids);
+
+    let err = store
+        .recall(&Filter {
+            max_matches: Some(1000),
+            ..Filter::default()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("1300 memories match"), "{err}");
+    for bad in ["", "1", "x.y", &format!("1.{}", "A".repeat(64))] {
+        assert!(bad.parse::<mmogit_store::RecallKey>().is_err(), "{bad}");
+    }
+}

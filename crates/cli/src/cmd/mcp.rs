@@ -342,6 +342,7 @@ impl McpServer {
             since,
             min_confidence: a.min_confidence,
             limit: Some(a.limit.unwrap_or(self.default_limit)),
+            ..Filter::default()
         };
         let me = self.agent.reader();
         let warn = |w: &mmogit_store::Warning| json!({"path": w.path, "reason": w.reason});

@@ -74,7 +74,9 @@ pub fn recall_and_print(
 ) -> anyhow::Result<ExitCode> {
     let (filter, agent) = prepare(ctx, args, kinds, min_confidence)?;
     let me = agent.reader();
-    let RecallResult { memories, warnings } = agent.recall(&filter)?;
+    let RecallResult {
+        memories, warnings, ..
+    } = agent.recall(&filter)?;
     for w in &warnings {
         tracing::warn!("skipping {}: {}", w.path, w.reason);
     }
@@ -124,6 +126,7 @@ fn prepare(
         since: args.since,
         min_confidence,
         limit: args.limit,
+        ..Filter::default()
     };
     Ok((filter, agent))
 }
