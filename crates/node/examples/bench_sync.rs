@@ -143,6 +143,7 @@ fn client_sync(repo: &Path, me: &Identity, timeout_s: u64) -> ClientSync {
         max_rate: None,
         chunk_size: MAX_CHUNK,
         timeout: Duration::from_secs(timeout_s),
+        deadline: Duration::from_secs(3600),
     }
 }
 

@@ -34,7 +34,8 @@ use mmogit_proto::{
 };
 pub use mmogit_proto::{IngestSummary, MemoryRequest};
 use mmogit_store::{
-    Bundle, BundleError, BundleWriter, Filter, IngestReport, IngestStatus, MemoryType, Store,
+    Bundle, BundleError, BundleWriter, Filter, IngestReport, IngestStatus, MemoryType, RecallKey,
+    Store,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -52,6 +53,11 @@ pub const QUERY_PAGE: usize = 500;
 /// Query pages stay under this many bytes of JSON (the frame limit is 10 MiB
 /// after base64).
 const QUERY_PAGE_BYTES: usize = 6 * 1024 * 1024;
+/// A query that more memories match than this is answered with an error
+/// (each match is sorted): narrow it with authors, types, tags or since.
+pub const QUERY_MAX_MATCHES: usize = 1_000_000;
+/// Queries of one peer answered at once; more are refused with `busy`.
+pub const MAX_CONCURRENT_QUERIES: usize = 4;
 /// How long a send may wait for room in a session's queue.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -74,6 +80,9 @@ pub struct ReplicatorConfig {
     pub poll_interval: Duration,
     /// A pull with no progress for this long is abandoned (default 60 s).
     pub transfer_timeout: Duration,
+    /// A pull still running after this long is abandoned, progress or not
+    /// (default 1 hour: 1 GiB at 300 KB/s).
+    pub transfer_deadline: Duration,
 }
 
 impl ReplicatorConfig {
@@ -87,6 +96,7 @@ impl ReplicatorConfig {
             chunk_size: MAX_BUNDLE_CHUNK,
             poll_interval: Duration::from_millis(100),
             transfer_timeout: Duration::from_secs(60),
+            transfer_deadline: Duration::from_secs(3600),
         }
     }
 
@@ -459,11 +469,16 @@ fn answer_query(cfg: &ReplicatorConfig, req: &MemoryRequest) -> MemoryResponse {
             Err(_) => return fail(resp, format!("bad since {s:?}: RFC 3339 expected")),
         }
     }
-    let offset: usize = match &req.cursor {
-        None => 0,
-        Some(c) => match c.parse() {
-            Ok(n) => n,
-            Err(_) => return fail(resp, "bad cursor".into()),
+    // The cursor: how many memories earlier pages carried, and the recall
+    // key of the last one (resuming costs O(page), not O(offset)).
+    let (offset, after) = match &req.cursor {
+        None => (0, None),
+        Some(c) => match c
+            .split_once(':')
+            .and_then(|(n, k)| Some((n.parse::<usize>().ok()?, k.parse::<RecallKey>().ok()?)))
+        {
+            Some((n, k)) => (n, Some(k)),
+            None => return fail(resp, "bad cursor".into()),
         },
     };
     let wanted = req.limit.map(|l| l as usize).unwrap_or(usize::MAX);
@@ -474,31 +489,41 @@ fn answer_query(cfg: &ReplicatorConfig, req: &MemoryRequest) -> MemoryResponse {
         Ok(s) => s,
         Err(e) => return fail(resp, e.to_string()),
     };
-    filter.limit = Some(wanted.min(offset.saturating_add(QUERY_PAGE + 1)));
+    filter.after = after;
+    filter.max_matches = Some(QUERY_MAX_MATCHES);
+    filter.limit = Some((wanted - offset).min(QUERY_PAGE + 1));
     let found = match store.recall(&filter) {
-        Ok(r) => r.memories,
+        Ok(r) => r,
         Err(e) => return fail(resp, e.to_string()),
     };
     let mut bytes = 0;
     let mut n = 0;
-    for m in found.iter().skip(offset).take(QUERY_PAGE) {
-        let v: serde_json::Value = match serde_json::from_slice(&m.to_json()) {
+    for m in found.memories.iter().take(QUERY_PAGE) {
+        let json = m.to_json();
+        let v: serde_json::Value = match serde_json::from_slice(&json) {
             Ok(v) => v,
             Err(_) => continue,
         };
-        let len = m.to_json().len();
-        if n > 0 && bytes + len > QUERY_PAGE_BYTES {
+        if n > 0 && bytes + json.len() > QUERY_PAGE_BYTES {
             break;
         }
-        bytes += len;
+        bytes += json.len();
         n += 1;
         resp.memories.push(v);
     }
-    let next = offset + n;
-    if found.len() > next && next < wanted {
-        resp.cursor = Some(next.to_string());
+    if found.memories.len() > n && offset + n < wanted {
+        resp.cursor = Some(format!("{}:{}", offset + n, found.keys[n - 1]));
     }
     resp
+}
+
+/// Decrements a counter when dropped.
+struct CountGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for CountGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 // ---- the node side --------------------------------------------------------
@@ -524,6 +549,8 @@ struct PeerState {
     /// Tips last announced to this peer, and on which session: a peer that
     /// reconnected (e.g. restarted) between two ticks must hear them again.
     announced: Option<(Reply, Vec<BranchTip>)>,
+    /// Its queries being answered now.
+    queries: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// An ingest finished: peer, pull id, outcome, the session, transfer id.
@@ -614,6 +641,8 @@ impl Replicator {
                     "session closed"
                 } else if last.elapsed() > timeout {
                     "no progress"
+                } else if p.started.elapsed() > self.cfg.transfer_deadline {
+                    "over the transfer deadline"
                 } else {
                     continue;
                 };
@@ -687,7 +716,28 @@ impl Replicator {
             }
             Message::MemoryRequest(req) => {
                 let cfg = self.cfg.clone();
+                // At most MAX_CONCURRENT_QUERIES per peer: a peer cannot
+                // fill the blocking pool with queries.
+                let running = self.peers.entry(peer).or_default().queries.clone();
+                if running.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT_QUERIES {
+                    running.fetch_sub(1, Ordering::AcqRel);
+                    debug!(peer = %peer.short(12), "query refused: too many at once");
+                    let busy = MemoryResponse {
+                        id: Some(req.id),
+                        error: Some(format!(
+                            "busy: at most {MAX_CONCURRENT_QUERIES} queries at once"
+                        )),
+                        ..Default::default()
+                    };
+                    tokio::spawn(async move {
+                        let _ = reply
+                            .send(Message::MemoryResponse(busy), SEND_TIMEOUT)
+                            .await;
+                    });
+                    return;
+                }
                 tokio::spawn(async move {
+                    let _running = CountGuard(running);
                     let id = req.id;
                     let resp = tokio::task::spawn_blocking(move || answer_query(&cfg, &req))
                         .await
@@ -1078,8 +1128,11 @@ pub struct ClientSync {
     pub max_transfer: u64,
     pub max_rate: Option<u64>,
     pub chunk_size: usize,
-    /// Bound on each wait for the peer.
+    /// Bound on each wait for the peer (messages unrelated to the sync do
+    /// not extend it).
     pub timeout: Duration,
+    /// Bound on the whole sync, pull and push.
+    pub deadline: Duration,
 }
 
 /// What a client sync did.
@@ -1134,11 +1187,17 @@ pub async fn sync_connection(
     let mut their_tips: Option<Vec<BranchTip>> = None;
     let mut pending: Vec<MemoryRequest> = Vec::new();
     let mut incoming: Option<Incoming> = None;
+    let overall = Instant::now() + cfg.deadline;
+    // Each wait ends at the earlier of the overall deadline and `timeout`
+    // after the last progress: other messages do not extend it.
+    let until = |progress: Instant| (progress + cfg.timeout).min(overall);
+    let mut progress_at = Instant::now();
     // 1. Pull.
     loop {
-        let m = recv(conn, cfg.timeout).await?;
+        let m = recv_until(conn, until(progress_at), overall).await?;
         match m {
             Message::MemoryResponse(r) if r.id == Some(1) => {
+                progress_at = Instant::now();
                 if r.tips.is_some() {
                     their_tips = r.tips.clone();
                 }
@@ -1172,6 +1231,7 @@ pub async fn sync_connection(
                 let Some(mut inc) = incoming.take() else {
                     return Err(NodeError::Protocol("chunk of no transfer".into()));
                 };
+                progress_at = Instant::now();
                 let len = g.data.len() as u64;
                 let (inc, r) = tokio::task::spawn_blocking(move || {
                     let r = inc.chunk(&g);
@@ -1272,7 +1332,7 @@ pub async fn sync_connection(
         ..ReplicatorConfig::new(repo.clone(), cfg.me)
     });
     let sent_transfer: Option<String>;
-    let deadline = Instant::now() + cfg.timeout;
+    let deadline = (Instant::now() + cfg.timeout).min(overall);
     loop {
         let req = match pending.pop() {
             Some(r) => r,
@@ -1336,7 +1396,7 @@ pub async fn sync_connection(
         }
     }
     // 3. The peer's verdict on what we sent.
-    let deadline = Instant::now() + cfg.timeout;
+    let deadline = (Instant::now() + cfg.timeout).min(overall);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match recv(conn, left.max(Duration::from_millis(1))).await {
@@ -1358,6 +1418,22 @@ pub async fn sync_connection(
     }
 }
 
+/// Receives the next message before `until`; a timeout names the overall
+/// deadline when that is what ran out.
+async fn recv_until(
+    conn: &mut Connection,
+    until: Instant,
+    overall: Instant,
+) -> Result<Message, NodeError> {
+    let left = until.saturating_duration_since(Instant::now());
+    match recv(conn, left.max(Duration::from_millis(1))).await {
+        Err(NodeError::Timeout(_)) if until >= overall => Err(NodeError::Timeout(
+            "the sync took longer than its deadline".into(),
+        )),
+        r => r,
+    }
+}
+
 async fn recv(conn: &mut Connection, timeout: Duration) -> Result<Message, NodeError> {
     match tokio::time::timeout(timeout, conn.recv()).await {
         Ok(r) => r,
@@ -1365,21 +1441,80 @@ async fn recv(conn: &mut Connection, timeout: Duration) -> Result<Message, NodeE
     }
 }
 
-/// Queries a peer, page after page, until `limit` memories or no cursor.
-/// Every memory is verified (signature and id); those that do not verify
-/// are returned apart with the reason.
+/// Bounds of [`query_peer_with`] against a peer that answers forever,
+/// slowly, or with junk.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Longest wait for one page; other messages arriving meanwhile do not
+    /// extend it.
+    pub page_timeout: Duration,
+    /// Longest time for the whole query.
+    pub deadline: Duration,
+    /// Most pages.
+    pub max_pages: usize,
+    /// Most memories that fail verification before giving up.
+    pub max_rejected: usize,
+    /// Most bytes of memory records kept.
+    pub max_bytes: usize,
+}
+
+impl QueryLimits {
+    /// `page_timeout` per page; 10 minutes in all, 10,000 pages, 1,000
+    /// rejected memories, 512 MiB of records.
+    pub fn new(page_timeout: Duration) -> QueryLimits {
+        QueryLimits {
+            page_timeout,
+            deadline: Duration::from_secs(600),
+            max_pages: 10_000,
+            max_rejected: 1_000,
+            max_bytes: 512 << 20,
+        }
+    }
+}
+
+/// Queries a peer, page after page, until `limit` memories or no cursor,
+/// within [`QueryLimits::new`]`(timeout)`. Every memory is verified
+/// (signature and id); those that do not verify are returned apart with the
+/// reason.
 pub async fn query_peer(
     conn: &mut Connection,
-    mut req: MemoryRequest,
+    req: MemoryRequest,
     timeout: Duration,
+) -> Result<QueryOutcome, NodeError> {
+    query_peer_with(conn, req, &QueryLimits::new(timeout)).await
+}
+
+/// [`query_peer`] with explicit limits. Going past one is an error
+/// (timeout, or protocol error naming the limit).
+pub async fn query_peer_with(
+    conn: &mut Connection,
+    mut req: MemoryRequest,
+    limits: &QueryLimits,
 ) -> Result<QueryOutcome, NodeError> {
     let mut out = QueryOutcome::default();
     let limit = req.limit.map(|l| l as usize).unwrap_or(usize::MAX);
+    let deadline = Instant::now() + limits.deadline;
+    let mut bytes = 0usize;
     for page in 1u64.. {
+        if out.pages >= limits.max_pages {
+            return Err(NodeError::Protocol(format!(
+                "the peer sent {} pages, the limit",
+                limits.max_pages
+            )));
+        }
         req.id = page;
         conn.send(Message::MemoryRequest(req.clone())).await?;
+        let page_until = (Instant::now() + limits.page_timeout).min(deadline);
         let resp = loop {
-            match recv(conn, timeout).await? {
+            let left = page_until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(NodeError::Timeout(if page_until == deadline {
+                    format!("the query took longer than {:?}", limits.deadline)
+                } else {
+                    "waiting for the peer".into()
+                }));
+            }
+            match recv(conn, left).await? {
                 Message::MemoryResponse(r) if r.id == Some(page) => break r,
                 _ => continue,
             }
@@ -1394,18 +1529,35 @@ pub async fn query_peer(
             if out.memories.len() >= limit {
                 break;
             }
-            let bytes = serde_json::to_vec(&v).unwrap_or_default();
-            match mmogit_store::UnverifiedMemory::from_json(&bytes).and_then(|m| m.verify()) {
-                Ok(m) => out.memories.push(m),
-                Err(e) => out.rejected.push((
-                    v.get("id")
-                        .and_then(|i| i.as_str())
-                        .unwrap_or("?")
-                        .chars()
-                        .take(64)
-                        .collect(),
-                    e.to_string(),
-                )),
+            let json = serde_json::to_vec(&v).unwrap_or_default();
+            match mmogit_store::UnverifiedMemory::from_json(&json).and_then(|m| m.verify()) {
+                Ok(m) => {
+                    bytes += json.len();
+                    if bytes > limits.max_bytes {
+                        return Err(NodeError::Protocol(format!(
+                            "the peer sent more than {} bytes of memories, the limit",
+                            limits.max_bytes
+                        )));
+                    }
+                    out.memories.push(m)
+                }
+                Err(e) => {
+                    if out.rejected.len() >= limits.max_rejected {
+                        return Err(NodeError::Protocol(format!(
+                            "the peer sent more than {} memories that do not verify",
+                            limits.max_rejected
+                        )));
+                    }
+                    out.rejected.push((
+                        v.get("id")
+                            .and_then(|i| i.as_str())
+                            .unwrap_or("?")
+                            .chars()
+                            .take(64)
+                            .collect(),
+                        e.to_string(),
+                    ))
+                }
             }
         }
         match resp.cursor {

@@ -221,6 +221,7 @@ async fn pull_answers_hold_only_own_branch() {
         max_rate: None,
         chunk_size: 1 << 20,
         timeout: Duration::from_secs(10),
+        deadline: Duration::from_secs(60),
     };
     let out = sync_connection(&mut conn, &cfg, &|_, _, _| {})
         .await

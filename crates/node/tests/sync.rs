@@ -292,6 +292,7 @@ async fn several_chunks_and_client_sync_both_ways() {
         max_rate: None,
         chunk_size: 1024,
         timeout: Duration::from_secs(10),
+        deadline: Duration::from_secs(60),
     };
     let out = sync_connection(&mut conn, &cfg, &|_, _, _| {})
         .await
@@ -522,6 +523,56 @@ async fn query_with_filters_and_cursor() {
     )
     .await;
     assert!(bad.is_err());
+    // A cursor that is not ours is refused; one from a page resumes after it.
+    conn.send(Message::MemoryRequest(MemoryRequest {
+        id: 77,
+        cursor: Some("500".into()),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let r = loop {
+        match conn.recv().await.unwrap() {
+            Message::MemoryResponse(r) if r.id == Some(77) => break r,
+            _ => {}
+        }
+    };
+    assert_eq!(r.error.as_deref(), Some("bad cursor"));
+
+    // At most MAX_CONCURRENT_QUERIES of one peer run at once: 12 full-page
+    // queries sent together, the rest answered `busy` at once.
+    for id in 1..=12u64 {
+        conn.send(Message::MemoryRequest(MemoryRequest {
+            id: 100 + id,
+            limit: Some(QUERY_PAGE as u32),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    }
+    let (mut answered, mut busy) = (0, 0);
+    while answered + busy < 12 {
+        match tokio::time::timeout(t, conn.recv()).await.unwrap().unwrap() {
+            Message::MemoryResponse(r) if r.id.is_some_and(|i| i > 100) => match r.error {
+                Some(e) => {
+                    assert!(e.starts_with("busy"), "{e}");
+                    busy += 1;
+                }
+                None => {
+                    assert_eq!(r.memories.len(), QUERY_PAGE);
+                    answered += 1;
+                }
+            },
+            _ => {}
+        }
+    }
+    assert!(answered >= MAX_CONCURRENT_QUERIES, "{answered} answered");
+    assert!(busy >= 1, "{busy} busy");
+    // The slots are free again.
+    let again = query_peer(&mut conn, MemoryRequest::default(), t)
+        .await
+        .unwrap();
+    assert_eq!(again.memories.len(), QUERY_PAGE + 150);
     conn.close("done").await.unwrap();
     na.node.shutdown().await;
 }

@@ -41,6 +41,8 @@ pub struct SyncOptions {
     pub max_transfer: u64,
     /// Throttle P2P sending to this many bytes per second (default none).
     pub max_rate: Option<u64>,
+    /// Time limit of the whole exchange with one P2P peer (default 1 hour).
+    pub deadline: Duration,
 }
 
 impl Default for SyncOptions {
@@ -49,6 +51,7 @@ impl Default for SyncOptions {
             timeout: Duration::from_secs(60),
             max_transfer: mmogit_node::replicate::DEFAULT_MAX_TRANSFER,
             max_rate: None,
+            deadline: Duration::from_secs(3600),
         }
     }
 }
@@ -318,6 +321,7 @@ fn sync_p2p(
         max_rate: opts.max_rate,
         chunk_size: mmogit_node::replicate::MAX_CHUNK,
         timeout,
+        deadline: opts.deadline,
     };
     let step = |s: &str| progress(SyncProgress::Step { peer: rec, step: s });
     let on_progress = |what: &str, done: u64, total: u64| {

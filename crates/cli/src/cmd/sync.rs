@@ -54,6 +54,10 @@ pub struct Args {
     /// Throttle P2P sending to this many bytes per second (e.g. 10M)
     #[arg(long, value_parser = parse_size, value_name = "BYTES/S")]
     pub max_rate: Option<u64>,
+    /// Time limit of the whole exchange with one P2P peer, however it
+    /// progresses (a peer that trickles data cannot hold a sync forever)
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub deadline: Duration,
 }
 
 /// A size: bytes, or with a suffix K, M, G (powers of 1024; `B` and `iB` allowed).
@@ -103,6 +107,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         max_transfer: args.max_transfer,
         max_rate: args.max_rate,
+        deadline: args.deadline,
     };
     let spinner = (ctx.progress && !args.json).then(|| {
         let s = indicatif::ProgressBar::new_spinner();
