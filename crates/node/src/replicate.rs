@@ -83,7 +83,17 @@ pub struct ReplicatorConfig {
     /// A pull still running after this long is abandoned, progress or not
     /// (default 1 hour: 1 GiB at 300 KB/s).
     pub transfer_deadline: Duration,
+    /// Bundle bytes taken from one peer per day (default 1 GiB): a transfer
+    /// that would go past it is refused. Relayed memories count against the
+    /// peer that sent them.
+    pub quota_bytes: u64,
+    /// Memories accepted from one peer per day (default 1,000,000): once
+    /// reached, that peer is not pulled from until the day is over.
+    pub quota_memories: u64,
 }
+
+/// Length of a quota period.
+pub const QUOTA_PERIOD: Duration = Duration::from_secs(24 * 3600);
 
 impl ReplicatorConfig {
     pub fn new(repo: PathBuf, me: PublicKey) -> ReplicatorConfig {
@@ -97,6 +107,8 @@ impl ReplicatorConfig {
             poll_interval: Duration::from_millis(100),
             transfer_timeout: Duration::from_secs(60),
             transfer_deadline: Duration::from_secs(3600),
+            quota_bytes: 1 << 30,
+            quota_memories: 1_000_000,
         }
     }
 
@@ -551,6 +563,50 @@ struct PeerState {
     announced: Option<(Reply, Vec<BranchTip>)>,
     /// Its queries being answered now.
     queries: Arc<std::sync::atomic::AtomicUsize>,
+    /// What it sent us this period.
+    quota: Quota,
+}
+
+/// What one peer sent us in the current quota period (in memory: a restart
+/// starts a new period).
+#[derive(Default)]
+struct Quota {
+    since: Option<Instant>,
+    bytes: u64,
+    memories: u64,
+    /// The refusal was logged this period.
+    warned: bool,
+}
+
+impl Quota {
+    /// Starts a new period when the current one is over.
+    fn roll(&mut self) -> &mut Quota {
+        if self.since.is_none_or(|s| s.elapsed() >= QUOTA_PERIOD) {
+            *self = Quota {
+                since: Some(Instant::now()),
+                ..Quota::default()
+            };
+        }
+        self
+    }
+
+    /// Why nothing more is taken from this peer this period, if so.
+    fn exhausted(&mut self, cfg: &ReplicatorConfig) -> Option<String> {
+        let q = self.roll();
+        if q.memories >= cfg.quota_memories {
+            Some(format!(
+                "daily quota reached: {} memories accepted from this peer (limit {})",
+                q.memories, cfg.quota_memories
+            ))
+        } else if q.bytes >= cfg.quota_bytes {
+            Some(format!(
+                "daily quota reached: {} bytes received from this peer (limit {})",
+                q.bytes, cfg.quota_bytes
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// An ingest finished: peer, pull id, outcome, the session, transfer id.
@@ -813,6 +869,19 @@ impl Replicator {
         }
         match r.transfer {
             Some(info) if pull.incoming.is_none() => {
+                let quota = &mut st.quota;
+                let left = self.cfg.quota_bytes.saturating_sub(quota.roll().bytes);
+                if info.total_size > left {
+                    let reason = format!(
+                        "over the daily quota: a transfer of {} bytes, {left} bytes left for this peer",
+                        info.total_size
+                    );
+                    warn!(peer = %peer.short(12), %reason, "transfer refused");
+                    self.emit(ReplicationEvent::PullFailed { peer, reason });
+                    self.finish_pull(peer).await;
+                    return;
+                }
+                quota.bytes += info.total_size;
                 let started =
                     blocking(move || Ok(Incoming::start(&repo, &info, max, MAX_BUNDLE_CHUNK)))
                         .await
@@ -859,6 +928,14 @@ impl Replicator {
     }
 
     async fn start_pull(&mut self, peer: PublicKey, reply: Reply) {
+        let st = self.peers.entry(peer).or_default();
+        if let Some(reason) = st.quota.exhausted(&self.cfg) {
+            if !std::mem::replace(&mut st.quota.warned, true) {
+                warn!(peer = %peer.short(12), %reason, "not pulling");
+            }
+            self.emit(ReplicationEvent::PullFailed { peer, reason });
+            return;
+        }
         let repo = self.cfg.repo.clone();
         let have = match blocking(move || tips_of(&open(&repo)?)).await {
             Ok(t) => t,
@@ -987,6 +1064,7 @@ impl Replicator {
                 match report {
                     Ok(report) => {
                         let s = summary(&transfer_id, &report);
+                        self.peers.entry(peer).or_default().quota.roll().memories += s.memories;
                         if s.refused.is_empty() {
                             info!(peer = %peer.short(12), memories = s.memories, branches = s.branches, "accepted memories");
                         } else {

@@ -576,3 +576,48 @@ async fn query_with_filters_and_cursor() {
     conn.close("done").await.unwrap();
     na.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_its_daily_quota_is_not_pulled_from() {
+    // B takes at most 10 memories a day from A: the first pull (12) is
+    // taken whole, then A's news are refused with a reason, and nothing of
+    // them applied. A third node C, whose own quota is bytes, refuses A's
+    // transfer outright.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        Home::new(dir.path(), 1),
+        Home::new(dir.path(), 2),
+        Home::new(dir.path(), 3),
+    );
+    a.remember(12, "first");
+    b.trust(1, None);
+    c.trust(1, None);
+    let mut nb = start(&b, |cfg| cfg.quota_memories = 10).await;
+    let mut nc = start(&c, |cfg| cfg.quota_bytes = 500).await;
+    a.trust(2, Some(nb.addr()));
+    a.trust(3, Some(nc.addr()));
+    let na = start(&a, |_| {}).await;
+    wait_for("A's first memories on B", 10, || b.count(1) == 12).await;
+    a.remember(3, "second");
+    wait_for("B refuses for the quota", 10, || {
+        nb.drain().iter().any(|e| {
+            matches!(e, ReplicationEvent::PullFailed { reason, .. }
+                if reason.contains("daily quota reached: 12 memories"))
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.count(1), 12);
+    wait_for("C refuses the transfer", 10, || {
+        nc.drain().iter().any(|e| {
+            matches!(e, ReplicationEvent::PullFailed { reason, .. }
+                if reason.contains("over the daily quota"))
+        })
+    })
+    .await;
+    assert_eq!(c.count(1), 0);
+    assert!(c.store().quarantines().is_empty());
+    na.node.shutdown().await;
+    nb.node.shutdown().await;
+    nc.node.shutdown().await;
+}

@@ -59,6 +59,12 @@ pub struct Args {
     /// Throttle sending to this many bytes per second (e.g. 10M)
     #[arg(long, value_parser = crate::cmd::sync::parse_size, value_name = "BYTES/S")]
     pub max_rate: Option<u64>,
+    /// Bundle bytes taken from one peer per day; a transfer that would go past it is refused (relayed memories count against the peer that sent them)
+    #[arg(long, default_value = "1G", value_parser = crate::cmd::sync::parse_size, value_name = "SIZE")]
+    pub quota_bytes: u64,
+    /// Memories accepted from one peer per day; then that peer is not pulled from until the day is over
+    #[arg(long, default_value_t = 1_000_000, value_name = "N")]
+    pub quota_memories: u64,
     /// Most unknown keys kept as pending (`mmogit p2p pending`); beyond that the least recently seen are dropped
     #[arg(long, default_value_t = mmogit_node::DEFAULT_MAX_PENDING, value_name = "N")]
     pub max_pending: usize,
@@ -100,6 +106,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         rcfg.serve_own_only = args.serve_own_only;
         rcfg.max_transfer = args.max_transfer;
         rcfg.max_rate = args.max_rate;
+        rcfg.quota_bytes = args.quota_bytes;
+        rcfg.quota_memories = args.quota_memories;
         if let Some(c) = args.chunk_size {
             rcfg.chunk_size = usize::try_from(c).unwrap_or(usize::MAX);
         }
