@@ -869,25 +869,26 @@ impl Replicator {
         }
         match r.transfer {
             Some(info) if pull.incoming.is_none() => {
-                let quota = &mut st.quota;
-                let left = self.cfg.quota_bytes.saturating_sub(quota.roll().bytes);
-                if info.total_size > left {
-                    let reason = format!(
-                        "over the daily quota: a transfer of {} bytes, {left} bytes left for this peer",
-                        info.total_size
-                    );
-                    warn!(peer = %peer.short(12), %reason, "transfer refused");
-                    self.emit(ReplicationEvent::PullFailed { peer, reason });
-                    self.finish_pull(peer).await;
-                    return;
-                }
-                quota.bytes += info.total_size;
+                let total = info.total_size;
+                let left = self.cfg.quota_bytes.saturating_sub(st.quota.roll().bytes);
                 let started =
                     blocking(move || Ok(Incoming::start(&repo, &info, max, MAX_BUNDLE_CHUNK)))
                         .await
-                        .and_then(|r| r.map_err(NodeError::Protocol));
+                        .and_then(|r| r.map_err(NodeError::Protocol))
+                        .and_then(|inc| {
+                            if total > left {
+                                Err(NodeError::Protocol(format!(
+                                    "over the daily quota: a transfer of {total} bytes, {left} bytes left for this peer"
+                                )))
+                            } else {
+                                Ok(inc)
+                            }
+                        });
                 match started {
-                    Ok(inc) => pull.incoming = Some(inc),
+                    Ok(inc) => {
+                        st.quota.bytes += total;
+                        pull.incoming = Some(inc)
+                    }
                     Err(e) => {
                         let reason = e.to_string();
                         warn!(peer = %peer.short(12), %reason, "transfer refused");
