@@ -52,8 +52,20 @@ pub const QUERY_PAGE: usize = 500;
 /// Query pages stay under this many bytes of JSON (the frame limit is 10 MiB
 /// after base64).
 const QUERY_PAGE_BYTES: usize = 6 * 1024 * 1024;
-/// How long a send may wait for room in a session's queue.
+/// How long a send may wait for room in a session's queue (only in tasks
+/// of one session: the replicator's own loop never waits on a session).
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends `msg` on `reply` from a task of its own, so that a peer whose
+/// queue is full (it stopped reading) holds up no other peer.
+fn send_later(reply: &Reply, msg: Message) {
+    let reply = reply.clone();
+    tokio::spawn(async move {
+        if let Err(e) = reply.send(msg, SEND_TIMEOUT).await {
+            debug!(peer = %reply.peer().short(12), error = %e, "message not sent");
+        }
+    });
+}
 
 /// Replication settings.
 #[derive(Debug, Clone)]
@@ -636,6 +648,16 @@ impl Replicator {
             }
             self.after_pull(pk).await;
         }
+        // Pulls put off because the session's queue was full.
+        let due: Vec<PublicKey> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| st.pull.is_none() && !st.sending && st.want_pull.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for pk in due {
+            self.after_pull(pk).await;
+        }
         let connected = node.connected();
         self.peers
             .retain(|k, st| connected.contains(k) || st.pull.is_some() || st.sending);
@@ -664,8 +686,9 @@ impl Replicator {
                 tips: Some(tips.clone()),
                 ..Default::default()
             });
-            // Never wait long here: a busy session gets the announce later.
-            if reply.send(msg, Duration::from_millis(50)).await.is_ok() {
+            // Never wait here: a busy session (or a peer that stopped
+            // reading) gets the announce on a later tick.
+            if reply.try_send(msg).is_ok() {
                 st.announced = Some((reply, tips.clone()));
                 debug!(peer = %pk.short(12), branches = tips.len(), "announced tips");
             }
@@ -827,8 +850,12 @@ impl Replicator {
             }),
             ..Default::default()
         });
-        if let Err(e) = reply.send(req, SEND_TIMEOUT).await {
-            warn!(peer = %peer.short(12), error = %e, "cannot send sync request");
+        // Never wait on one peer here: with its queue full, pull on a later tick.
+        if let Err(e) = reply.try_send(req) {
+            if !reply.is_closed() {
+                debug!(peer = %peer.short(12), error = %e, "pull put off");
+                self.peers.entry(peer).or_default().want_pull = Some(reply);
+            }
             return;
         }
         debug!(peer = %peer.short(12), id, "pulling");
@@ -891,19 +918,17 @@ impl Replicator {
             }
             Err(reason) => {
                 drop(inc);
-                let _ = reply
-                    .send(
-                        Message::MemoryResponse(MemoryResponse {
-                            ingested: Some(IngestSummary {
-                                transfer_id: id.to_string(),
-                                refused: vec![reason.clone()],
-                                ..Default::default()
-                            }),
+                send_later(
+                    &reply,
+                    Message::MemoryResponse(MemoryResponse {
+                        ingested: Some(IngestSummary {
+                            transfer_id: id.to_string(),
+                            refused: vec![reason.clone()],
                             ..Default::default()
                         }),
-                        SEND_TIMEOUT,
-                    )
-                    .await;
+                        ..Default::default()
+                    }),
+                );
                 self.fail_pull(peer, reason).await;
             }
         }
@@ -948,15 +973,13 @@ impl Replicator {
                             branches: s.branches as usize,
                             refused: s.refused.clone(),
                         });
-                        let _ = reply
-                            .send(
-                                Message::MemoryResponse(MemoryResponse {
-                                    ingested: Some(s),
-                                    ..Default::default()
-                                }),
-                                SEND_TIMEOUT,
-                            )
-                            .await;
+                        send_later(
+                            &reply,
+                            Message::MemoryResponse(MemoryResponse {
+                                ingested: Some(s),
+                                ..Default::default()
+                            }),
+                        );
                     }
                     Err(reason) => {
                         warn!(peer = %peer.short(12), %reason, "transfer failed; nothing applied");
@@ -964,19 +987,17 @@ impl Replicator {
                             peer,
                             reason: reason.clone(),
                         });
-                        let _ = reply
-                            .send(
-                                Message::MemoryResponse(MemoryResponse {
-                                    ingested: Some(IngestSummary {
-                                        transfer_id,
-                                        refused: vec![reason],
-                                        ..Default::default()
-                                    }),
+                        send_later(
+                            &reply,
+                            Message::MemoryResponse(MemoryResponse {
+                                ingested: Some(IngestSummary {
+                                    transfer_id,
+                                    refused: vec![reason],
                                     ..Default::default()
                                 }),
-                                SEND_TIMEOUT,
-                            )
-                            .await;
+                                ..Default::default()
+                            }),
+                        );
                     }
                 }
                 if still {

@@ -49,8 +49,14 @@ pub struct NodeConfig {
     /// Heartbeat Ping when nothing was sent for this long, at most
     /// `idle_timeout / 2` (default 30 s).
     pub heartbeat_interval: Duration,
-    /// A started frame must complete within this; also bounds each write (default 30 s).
+    /// A started frame must complete within this; also bounds each write
+    /// during the handshake (default 30 s).
     pub frame_timeout: Duration,
+    /// An authenticated session whose peer takes none of our queued bytes
+    /// for this long is closed, logged and counted
+    /// ([`NodeHandle::slow_dropped_count`]): a peer that stops reading
+    /// holds up only its own session (default 30 s).
+    pub send_timeout: Duration,
     /// How long shutdown waits for connections to say Bye (default 5 s).
     pub shutdown_grace: Duration,
     /// Hello `agent` string.
@@ -98,6 +104,7 @@ impl Default for NodeConfig {
             idle_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             agent: SessionConfig::default().agent,
             max_outbound: 64,
@@ -201,6 +208,7 @@ pub(crate) struct Shared {
     rate: Option<Mutex<RateLimiter>>,
     rate_limited: AtomicU64,
     evicted: AtomicU64,
+    pub slow_dropped: AtomicU64,
     pub tracker: TaskTracker,
     pub local_addr: SocketAddr,
     started_at: SystemTime,
@@ -237,6 +245,7 @@ impl Shared {
             inbound_connections: self.limits.lock().unwrap_or_else(|e| e.into_inner()).total,
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
             evicted: self.evicted.load(Ordering::Relaxed),
+            slow_dropped: self.slow_dropped.load(Ordering::Relaxed),
             peers,
         }
     }
@@ -401,6 +410,7 @@ impl Node {
             rate,
             rate_limited: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            slow_dropped: AtomicU64::new(0),
             tracker: tracker.clone(),
             local_addr,
             started_at: SystemTime::now(),
@@ -508,6 +518,12 @@ impl NodeHandle {
     /// a new connection while every inbound slot was taken.
     pub fn evicted_count(&self) -> u64 {
         self.shared.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Sessions closed so far because their peer took none of our data
+    /// for the send timeout.
+    pub fn slow_dropped_count(&self) -> u64 {
+        self.shared.slow_dropped.load(Ordering::Relaxed)
     }
 
     /// The status as the status file shows it.

@@ -15,6 +15,7 @@
 //!   "inbound_connections": 3,         // open inbound TCP connections (incl. handshakes)
 //!   "rate_limited": 0,                // inbound attempts refused by the per-IP rate limit
 //!   "evicted": 0,                     // unauthenticated connections closed to make room (slots full)
+//!   "slow_dropped": 0,                // sessions closed: the peer took no data for the send timeout
 //!   "peers": [ {
 //!     "pubkey": "<64 hex>",
 //!     "connected": true,
@@ -64,6 +65,8 @@ pub struct StatusFile {
     pub rate_limited: u64,
     #[serde(default)]
     pub evicted: u64,
+    #[serde(default)]
+    pub slow_dropped: u64,
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
 }
@@ -173,6 +176,7 @@ mod tests {
             inbound_connections: 0,
             rate_limited: 0,
             evicted: 0,
+            slow_dropped: 0,
             peers: vec![PeerStatus {
                 pubkey: pk,
                 connected: true,
