@@ -1452,3 +1452,89 @@ pub struct QueryOutcome {
 pub fn since_string(t: SystemTime) -> String {
     mmogit_store::format_time(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mmogit_identity::Identity;
+
+    /// A session handle whose peer stopped reading: its queue is full and
+    /// nothing drains it (the receiver is returned to keep it open).
+    fn stalled(peer: PublicKey) -> (Reply, mpsc::Receiver<Box<Message>>) {
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(Box::new(Message::Ping(vec![0; 8]))).unwrap();
+        (Reply::new(peer, tx), rx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_session_does_not_hold_up_the_replicator() {
+        // S announces a tip we lack while its queue is full: the pull
+        // request cannot be queued. Before, the replicator waited up to
+        // 30 s for room, and H's query waited behind it.
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo.git");
+        Store::open_or_init(&repo).unwrap();
+        let me = Arc::new(Identity::from_secret_bytes(&[1; 32]));
+        let s_key = Identity::from_secret_bytes(&[3; 32]).public_key();
+        let h_key = Identity::from_secret_bytes(&[2; 32]).public_key();
+        let node = crate::Node::new(
+            me.clone(),
+            crate::NodeConfig {
+                listen_addr: "127.0.0.1:0".parse().unwrap(),
+                ..crate::NodeConfig::default()
+            },
+            Arc::new(|_: &PublicKey, _: std::net::SocketAddr| false),
+        )
+        .start()
+        .await
+        .unwrap();
+        let (inbox_tx, inbox_rx) = mpsc::channel(16);
+        let cfg = ReplicatorConfig::new(repo, me.public_key());
+        tokio::spawn(Replicator::new(cfg).run(inbox_rx, node.sender()));
+
+        let (s_reply, _s_rx) = stalled(s_key);
+        let announce = Message::MemoryResponse(MemoryResponse {
+            tips: Some(vec![BranchTip {
+                author: s_key.to_hex(),
+                tip: "1".repeat(40),
+            }]),
+            ..Default::default()
+        });
+        inbox_tx
+            .send(Inbound {
+                peer: s_key,
+                msg: announce,
+                reply: s_reply,
+            })
+            .await
+            .unwrap();
+
+        let (h_tx, mut h_rx) = mpsc::channel(64);
+        let query = Message::MemoryRequest(MemoryRequest {
+            id: 7,
+            ..Default::default()
+        });
+        let t = Instant::now();
+        inbox_tx
+            .send(Inbound {
+                peer: h_key,
+                msg: query,
+                reply: Reply::new(h_key, h_tx),
+            })
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(2), h_rx.recv())
+            .await
+            .expect("the healthy peer is answered while the other is stalled")
+            .unwrap();
+        assert!(
+            matches!(*answer, Message::MemoryResponse(ref r) if r.id == Some(7)),
+            "{answer:?}"
+        );
+        eprintln!(
+            "healthy peer answered in {:.1} ms with a stalled peer's pull pending",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        node.shutdown().await;
+    }
+}
