@@ -49,8 +49,8 @@ pub struct NodeConfig {
     /// Heartbeat Ping when nothing was sent for this long, at most
     /// `idle_timeout / 2` (default 30 s).
     pub heartbeat_interval: Duration,
-    /// A started frame must complete within this; also bounds each write
-    /// during the handshake (default 30 s).
+    /// A started frame must complete within this; during the handshake a
+    /// write fails when the peer takes none of it for this long (default 30 s).
     pub frame_timeout: Duration,
     /// An authenticated session whose peer takes none of our queued bytes
     /// for this long is closed, logged and counted
