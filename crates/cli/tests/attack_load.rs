@@ -351,3 +351,109 @@ fn unauthenticated_connections_cannot_make_serve_hold_their_frames() {
         "a 10 MiB declaration before Hello closes at once"
     );
 }
+
+/// `n` stalled TCP connections (nothing sent) from `hosts` addresses
+/// 127.0.`net`.1.., `n / hosts` each: they hold inbound slots until the
+/// handshake timeout.
+async fn stalled_strangers(
+    to: std::net::SocketAddr,
+    net: u8,
+    hosts: u8,
+    n: usize,
+) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for i in 0..n {
+        let host = 1 + (i % hosts as usize) as u8;
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(([127, 0, net, host], 0).into()).unwrap();
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), sock.connect(to)).await {
+            held.push(c);
+        }
+    }
+    held
+}
+
+#[test]
+fn a_trusted_peer_gets_a_slot_while_strangers_from_many_addresses_hold_them_all() {
+    // 32 stranger addresses × 4 stalled connections take all 128 inbound
+    // slots (each address well under the per-address limit and its rate
+    // bucket). A trusted peer then connects from an address the node has
+    // not seen: before slot eviction it was refused ("too many
+    // connections") until the strangers' 10 s handshake timeout.
+    let (victim, friend) = (TestHome::init(), TestHome::init());
+    let mut s = PeerStore::load(&victim.home.join("peers.json")).unwrap();
+    s.add(
+        friend.pubkey().parse().unwrap(),
+        None,
+        Vec::new(),
+        PeerSource::Manual,
+    );
+    s.save().unwrap();
+    let serve = Serve::start(&victim, &["--no-dial"]);
+    let addr: std::net::SocketAddr = serve.addr.parse().unwrap();
+    let fid =
+        Arc::new(mmogit_identity::Identity::load(&friend.home.join("identity.json")).unwrap());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let serve_addr = serve.addr.clone();
+    let (connect_ms, first_closed, after) = rt.block_on(async move {
+        let mut first = stalled_strangers(addr, 1, 32, 128).await;
+        assert_eq!(first.len(), 128);
+        // Let the listener take them all from the backlog.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let t = Instant::now();
+        let mut friend_conn = connect(&serve_addr, fid, None, &ClientConfig::default())
+            .await
+            .expect("a trusted peer gets a slot while strangers hold every one");
+        friend_conn.ping().await.expect("trusted peer served");
+        let connect_ms = t.elapsed().as_secs_f64() * 1000.0;
+        // A second flood from 32 new addresses: every older stranger is
+        // evicted, the authenticated session never.
+        let second = stalled_strangers(addr, 2, 32, 128).await;
+        assert!(second.len() >= 120, "{} connections", second.len());
+        let mut first_closed = 0;
+        for c in first.iter_mut() {
+            if closed_within(c, 2).await {
+                first_closed += 1;
+            }
+        }
+        let after = rtts(&mut friend_conn, 10).await;
+        friend_conn.close("done").await.unwrap();
+        drop(second);
+        (connect_ms, first_closed, after)
+    });
+    eprintln!(
+        "128 stalled strangers from 32 addresses: trusted peer connected and pinged in {connect_ms:.1} ms; {first_closed}/128 of the first flood evicted by the second; trusted RTT after median {:.2} ms",
+        median(&after)
+    );
+    assert!(connect_ms < 2000.0, "{connect_ms} ms");
+    assert_eq!(first_closed, 128, "every older stranger was evicted");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !serve
+        .log()
+        .contains("closed the oldest unauthenticated connection")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "eviction logged: {}",
+            serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Counted in the status file: 1 for the trusted peer, 128 for the second flood.
+    let evicted = loop {
+        let n = std::fs::read_to_string(victim.home.join("status.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["evicted"].as_u64())
+            .unwrap_or(0);
+        if n >= 129 || Instant::now() >= deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(evicted >= 129, "status file counts {evicted} evictions");
+}

@@ -30,7 +30,9 @@ pub struct ClientConfig {
     pub idle_timeout: Duration,
     /// Heartbeat interval (default 30 s, at most idle_timeout / 2).
     pub heartbeat_interval: Duration,
-    /// A started frame must complete within this; also bounds each write (default 30 s).
+    /// A started frame must complete within this; a write fails when the
+    /// peer takes none of it for this long (default 30 s). Once a node
+    /// drives the session, `NodeConfig::send_timeout` applies instead.
     pub frame_timeout: Duration,
     /// Hello `agent` string.
     pub agent: String,

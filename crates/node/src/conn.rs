@@ -15,6 +15,14 @@ use crate::error::NodeError;
 /// Size of the on-stack read buffer.
 const READ_CHUNK: usize = 4096;
 
+/// How a write that made no progress for the send timeout is reported.
+const NOT_READING: &str = "peer took none of our data";
+
+/// Whether `e` is [`Conn::flush`] giving up on a peer that stopped reading.
+pub(crate) fn is_not_reading(e: &NodeError) -> bool {
+    matches!(e, NodeError::Timeout(s) if s.starts_with(NOT_READING))
+}
+
 pub(crate) struct Conn {
     pub stream: TcpStream,
     /// Boxed: connection futures move `Conn` around, and every copy of a
@@ -46,25 +54,36 @@ impl Conn {
         }
     }
 
-    /// Writes every queued frame, each with one `write_all`.
+    /// Writes every queued frame. Fails with [`NodeError::Timeout`] (see
+    /// [`is_not_reading`]) when the peer takes no byte for `write_timeout`:
+    /// a peer that stops reading is cut off, a slow one that keeps reading
+    /// is not.
     pub async fn flush(&mut self) -> Result<(), NodeError> {
-        if let Some((frame, done)) = self.partial.take() {
-            match tokio::time::timeout(self.write_timeout, self.stream.write_all(&frame[done..]))
-                .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(NodeError::Io(e)),
-                Err(_) => return Err(NodeError::Timeout("writing to peer".into())),
+        loop {
+            let (frame, mut done) = match self.partial.take() {
+                Some(p) => p,
+                None => match self.session.poll_transmit() {
+                    Some(f) => (f, 0),
+                    None => return Ok(()),
+                },
+            };
+            while done < frame.len() {
+                match tokio::time::timeout(self.write_timeout, self.stream.write(&frame[done..]))
+                    .await
+                {
+                    Ok(Ok(0)) => return Err(NodeError::Io(std::io::ErrorKind::WriteZero.into())),
+                    Ok(Ok(n)) => done += n,
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Ok(Err(e)) => return Err(NodeError::Io(e)),
+                    Err(_) => {
+                        return Err(NodeError::Timeout(format!(
+                            "{NOT_READING} for {:?}",
+                            self.write_timeout
+                        )))
+                    }
+                }
             }
         }
-        while let Some(frame) = self.session.poll_transmit() {
-            match tokio::time::timeout(self.write_timeout, self.stream.write_all(&frame)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(NodeError::Io(e)),
-                Err(_) => return Err(NodeError::Timeout("writing to peer".into())),
-            }
-        }
-        Ok(())
     }
 
     /// Waits for input, the session's next timer, `deadline` or `cancel`,

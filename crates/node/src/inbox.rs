@@ -54,6 +54,20 @@ impl Reply {
         }
     }
 
+    /// Queues `msg` only if there is room now: never waits (for a task
+    /// that serves every peer and must not wait on one of them).
+    pub fn try_send(&self, msg: Message) -> Result<(), SendError> {
+        use tokio::sync::mpsc::error::TrySendError;
+        match self.tx.try_send(Box::new(msg)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Closed(_)) => Err(SendError::Closed(self.peer.short(12))),
+            Err(TrySendError::Full(_)) => Err(SendError::Closed(format!(
+                "{} (send queue full)",
+                self.peer.short(12)
+            ))),
+        }
+    }
+
     /// Waits until at most `n` messages are queued for the session (so a
     /// large transfer holds few chunks in memory), at most `timeout`.
     pub async fn wait_queued_at_most(&self, n: usize, timeout: Duration) -> Result<(), SendError> {

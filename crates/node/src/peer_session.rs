@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,6 +88,9 @@ pub(crate) async fn drive(
 ) -> Ended {
     let pk = info.pubkey;
     let who = pk.short(12);
+    // From here on a peer that takes none of our data for the send timeout
+    // is dropped (before, the frame timeout bounds the handshake's writes).
+    conn.write_timeout = shared.config.send_timeout;
     let (tx, mut rx) = mpsc::channel::<Box<Message>>(SEND_QUEUE);
     let reply_tx = tx.clone();
     let ctl = Arc::new(SessionCtl::default());
@@ -143,6 +147,11 @@ pub(crate) async fn drive(
             next_probe = now + keepalive;
         }
         if let Err(e) = conn.flush().await {
+            if crate::conn::is_not_reading(&e) {
+                let n = shared.slow_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                warn!(%addr, peer = %who, %direction, send_timeout = ?shared.config.send_timeout, total_dropped = n,
+                    "peer is not reading: closing the session (other sessions go on)");
+            }
             break 'conn (format!("write failed: {e}"), true);
         }
         while let Some(ev) = conn.session.poll_event() {

@@ -58,8 +58,20 @@ const QUERY_PAGE_BYTES: usize = 6 * 1024 * 1024;
 pub const QUERY_MAX_MATCHES: usize = 1_000_000;
 /// Queries of one peer answered at once; more are refused with `busy`.
 pub const MAX_CONCURRENT_QUERIES: usize = 4;
-/// How long a send may wait for room in a session's queue.
+/// How long a send may wait for room in a session's queue (only in tasks
+/// of one session: the replicator's own loop never waits on a session).
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends `msg` on `reply` from a task of its own, so that a peer whose
+/// queue is full (it stopped reading) holds up no other peer.
+fn send_later(reply: &Reply, msg: Message) {
+    let reply = reply.clone();
+    tokio::spawn(async move {
+        if let Err(e) = reply.send(msg, SEND_TIMEOUT).await {
+            debug!(peer = %reply.peer().short(12), error = %e, "message not sent");
+        }
+    });
+}
 
 /// Replication settings.
 #[derive(Debug, Clone)]
@@ -721,6 +733,16 @@ impl Replicator {
             }
             self.after_pull(pk).await;
         }
+        // Pulls put off because the session's queue was full.
+        let due: Vec<PublicKey> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| st.pull.is_none() && !st.sending && st.want_pull.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for pk in due {
+            self.after_pull(pk).await;
+        }
         let connected = node.connected();
         self.peers
             .retain(|k, st| connected.contains(k) || st.pull.is_some() || st.sending);
@@ -749,8 +771,9 @@ impl Replicator {
                 tips: Some(tips.clone()),
                 ..Default::default()
             });
-            // Never wait long here: a busy session gets the announce later.
-            if reply.send(msg, Duration::from_millis(50)).await.is_ok() {
+            // Never wait here: a busy session (or a peer that stopped
+            // reading) gets the announce on a later tick.
+            if reply.try_send(msg).is_ok() {
                 st.announced = Some((reply, tips.clone()));
                 debug!(peer = %pk.short(12), branches = tips.len(), "announced tips");
             }
@@ -955,8 +978,12 @@ impl Replicator {
             }),
             ..Default::default()
         });
-        if let Err(e) = reply.send(req, SEND_TIMEOUT).await {
-            warn!(peer = %peer.short(12), error = %e, "cannot send sync request");
+        // Never wait on one peer here: with its queue full, pull on a later tick.
+        if let Err(e) = reply.try_send(req) {
+            if !reply.is_closed() {
+                debug!(peer = %peer.short(12), error = %e, "pull put off");
+                self.peers.entry(peer).or_default().want_pull = Some(reply);
+            }
             return;
         }
         debug!(peer = %peer.short(12), id, "pulling");
@@ -1019,19 +1046,17 @@ impl Replicator {
             }
             Err(reason) => {
                 drop(inc);
-                let _ = reply
-                    .send(
-                        Message::MemoryResponse(MemoryResponse {
-                            ingested: Some(IngestSummary {
-                                transfer_id: id.to_string(),
-                                refused: vec![reason.clone()],
-                                ..Default::default()
-                            }),
+                send_later(
+                    &reply,
+                    Message::MemoryResponse(MemoryResponse {
+                        ingested: Some(IngestSummary {
+                            transfer_id: id.to_string(),
+                            refused: vec![reason.clone()],
                             ..Default::default()
                         }),
-                        SEND_TIMEOUT,
-                    )
-                    .await;
+                        ..Default::default()
+                    }),
+                );
                 self.fail_pull(peer, reason).await;
             }
         }
@@ -1077,15 +1102,13 @@ impl Replicator {
                             branches: s.branches as usize,
                             refused: s.refused.clone(),
                         });
-                        let _ = reply
-                            .send(
-                                Message::MemoryResponse(MemoryResponse {
-                                    ingested: Some(s),
-                                    ..Default::default()
-                                }),
-                                SEND_TIMEOUT,
-                            )
-                            .await;
+                        send_later(
+                            &reply,
+                            Message::MemoryResponse(MemoryResponse {
+                                ingested: Some(s),
+                                ..Default::default()
+                            }),
+                        );
                     }
                     Err(reason) => {
                         warn!(peer = %peer.short(12), %reason, "transfer failed; nothing applied");
@@ -1093,19 +1116,17 @@ impl Replicator {
                             peer,
                             reason: reason.clone(),
                         });
-                        let _ = reply
-                            .send(
-                                Message::MemoryResponse(MemoryResponse {
-                                    ingested: Some(IngestSummary {
-                                        transfer_id,
-                                        refused: vec![reason],
-                                        ..Default::default()
-                                    }),
+                        send_later(
+                            &reply,
+                            Message::MemoryResponse(MemoryResponse {
+                                ingested: Some(IngestSummary {
+                                    transfer_id,
+                                    refused: vec![reason],
                                     ..Default::default()
                                 }),
-                                SEND_TIMEOUT,
-                            )
-                            .await;
+                                ..Default::default()
+                            }),
+                        );
                     }
                 }
                 if still {
@@ -1661,4 +1682,90 @@ pub struct QueryOutcome {
 /// RFC 3339 of `t`, for MemoryRequest `since`.
 pub fn since_string(t: SystemTime) -> String {
     mmogit_store::format_time(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mmogit_identity::Identity;
+
+    /// A session handle whose peer stopped reading: its queue is full and
+    /// nothing drains it (the receiver is returned to keep it open).
+    fn stalled(peer: PublicKey) -> (Reply, mpsc::Receiver<Box<Message>>) {
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(Box::new(Message::Ping(vec![0; 8]))).unwrap();
+        (Reply::new(peer, tx), rx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_session_does_not_hold_up_the_replicator() {
+        // S announces a tip we lack while its queue is full: the pull
+        // request cannot be queued. Before, the replicator waited up to
+        // 30 s for room, and H's query waited behind it.
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo.git");
+        Store::open_or_init(&repo).unwrap();
+        let me = Arc::new(Identity::from_secret_bytes(&[1; 32]));
+        let s_key = Identity::from_secret_bytes(&[3; 32]).public_key();
+        let h_key = Identity::from_secret_bytes(&[2; 32]).public_key();
+        let node = crate::Node::new(
+            me.clone(),
+            crate::NodeConfig {
+                listen_addr: "127.0.0.1:0".parse().unwrap(),
+                ..crate::NodeConfig::default()
+            },
+            Arc::new(|_: &PublicKey, _: std::net::SocketAddr| false),
+        )
+        .start()
+        .await
+        .unwrap();
+        let (inbox_tx, inbox_rx) = mpsc::channel(16);
+        let cfg = ReplicatorConfig::new(repo, me.public_key());
+        tokio::spawn(Replicator::new(cfg).run(inbox_rx, node.sender()));
+
+        let (s_reply, _s_rx) = stalled(s_key);
+        let announce = Message::MemoryResponse(MemoryResponse {
+            tips: Some(vec![BranchTip {
+                author: s_key.to_hex(),
+                tip: "1".repeat(40),
+            }]),
+            ..Default::default()
+        });
+        inbox_tx
+            .send(Inbound {
+                peer: s_key,
+                msg: announce,
+                reply: s_reply,
+            })
+            .await
+            .unwrap();
+
+        let (h_tx, mut h_rx) = mpsc::channel(64);
+        let query = Message::MemoryRequest(MemoryRequest {
+            id: 7,
+            ..Default::default()
+        });
+        let t = Instant::now();
+        inbox_tx
+            .send(Inbound {
+                peer: h_key,
+                msg: query,
+                reply: Reply::new(h_key, h_tx),
+            })
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(2), h_rx.recv())
+            .await
+            .expect("the healthy peer is answered while the other is stalled")
+            .unwrap();
+        assert!(
+            matches!(*answer, Message::MemoryResponse(ref r) if r.id == Some(7)),
+            "{answer:?}"
+        );
+        eprintln!(
+            "healthy peer answered in {:.1} ms with a stalled peer's pull pending",
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        node.shutdown().await;
+    }
 }

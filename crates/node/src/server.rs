@@ -1,7 +1,7 @@
 //! The listener: one task per inbound connection, trust policy, limits,
 //! graceful shutdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,8 +49,14 @@ pub struct NodeConfig {
     /// Heartbeat Ping when nothing was sent for this long, at most
     /// `idle_timeout / 2` (default 30 s).
     pub heartbeat_interval: Duration,
-    /// A started frame must complete within this; also bounds each write (default 30 s).
+    /// A started frame must complete within this; during the handshake a
+    /// write fails when the peer takes none of it for this long (default 30 s).
     pub frame_timeout: Duration,
+    /// An authenticated session whose peer takes none of our queued bytes
+    /// for this long is closed, logged and counted
+    /// ([`NodeHandle::slow_dropped_count`]): a peer that stops reading
+    /// holds up only its own session (default 30 s).
+    pub send_timeout: Duration,
     /// How long shutdown waits for connections to say Bye (default 5 s).
     pub shutdown_grace: Duration,
     /// Hello `agent` string.
@@ -98,6 +104,7 @@ impl Default for NodeConfig {
             idle_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             agent: SessionConfig::default().agent,
             max_outbound: 64,
@@ -166,6 +173,24 @@ pub enum NodeEvent {
 struct Limits {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
+    /// Connections not authenticated yet, by slot id (oldest first): when
+    /// every slot is taken, a new connection evicts the first of them.
+    /// Authenticated sessions are never in here, so never evicted.
+    pending: BTreeMap<u64, (SocketAddr, Instant, CancellationToken)>,
+    next_id: u64,
+}
+
+impl Limits {
+    /// Gives up a slot's place (its connection ended or was evicted).
+    fn release(&mut self, ip: IpAddr) {
+        self.total -= 1;
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -182,6 +207,8 @@ pub(crate) struct Shared {
     pub registry: Registry,
     rate: Option<Mutex<RateLimiter>>,
     rate_limited: AtomicU64,
+    evicted: AtomicU64,
+    pub slow_dropped: AtomicU64,
     pub tracker: TaskTracker,
     pub local_addr: SocketAddr,
     started_at: SystemTime,
@@ -217,6 +244,8 @@ impl Shared {
             listen_addr: self.local_addr.to_string(),
             inbound_connections: self.limits.lock().unwrap_or_else(|e| e.into_inner()).total,
             rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+            slow_dropped: self.slow_dropped.load(Ordering::Relaxed),
             peers,
         }
     }
@@ -233,22 +262,36 @@ pub enum SendError {
     Closed(String),
 }
 
-/// A slot in the connection limits, released on drop.
+/// A slot in the connection limits, released on drop (or at once when the
+/// connection is evicted).
 struct Slot {
     shared: Arc<Shared>,
     ip: IpAddr,
+    id: u64,
+    /// Cancelled (under the limits lock) when the connection is evicted;
+    /// its place is then already given up.
+    evict: CancellationToken,
+}
+
+impl Slot {
+    /// The peer authenticated: from now on this connection is never
+    /// evicted. False when it was evicted already (e.g. while the trust
+    /// policy was asked): its place is gone, so it must close.
+    fn authenticated(&self) -> bool {
+        let mut l = self.shared.limits.lock().unwrap_or_else(|e| e.into_inner());
+        l.pending.remove(&self.id);
+        !self.evict.is_cancelled()
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut l = self.shared.limits.lock().unwrap_or_else(|e| e.into_inner());
-        l.total -= 1;
-        if let Some(n) = l.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                l.per_ip.remove(&self.ip);
-            }
+        if self.evict.is_cancelled() {
+            return;
         }
+        l.pending.remove(&self.id);
+        l.release(self.ip);
     }
 }
 
@@ -359,11 +402,15 @@ impl Node {
             limits: Mutex::new(Limits {
                 total: 0,
                 per_ip: HashMap::new(),
+                pending: BTreeMap::new(),
+                next_id: 0,
             }),
             cancel: CancellationToken::new(),
             registry,
             rate,
             rate_limited: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            slow_dropped: AtomicU64::new(0),
             tracker: tracker.clone(),
             local_addr,
             started_at: SystemTime::now(),
@@ -467,6 +514,18 @@ impl NodeHandle {
         self.shared.rate_limited.load(Ordering::Relaxed)
     }
 
+    /// Unauthenticated inbound connections closed so far to make room for
+    /// a new connection while every inbound slot was taken.
+    pub fn evicted_count(&self) -> u64 {
+        self.shared.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Sessions closed so far because their peer took none of our data
+    /// for the send timeout.
+    pub fn slow_dropped_count(&self) -> u64 {
+        self.shared.slow_dropped.load(Ordering::Relaxed)
+    }
+
     /// The status as the status file shows it.
     pub fn status(&self) -> StatusFile {
         self.shared.status(true)
@@ -538,39 +597,70 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tracker: TaskTr
                 continue;
             }
         }
-        let refused = {
+        let mut evicted = None;
+        let admitted = {
             let mut l = shared.limits.lock().unwrap_or_else(|e| e.into_inner());
             let from_ip = l.per_ip.get(&addr.ip()).copied().unwrap_or(0);
-            if l.total >= shared.config.max_inbound {
-                Some("too many connections")
-            } else if from_ip >= shared.config.max_per_ip {
-                Some("too many connections from this address")
+            if from_ip >= shared.config.max_per_ip {
+                Err("too many connections from this address")
             } else {
-                l.total += 1;
-                *l.per_ip.entry(addr.ip()).or_insert(0) += 1;
-                None
+                if l.total >= shared.config.max_inbound {
+                    // Full: the oldest connection that has not authenticated
+                    // yet makes room (strangers holding slots through the
+                    // handshake timeout cannot lock a trusted peer out).
+                    // Authenticated sessions are never evicted.
+                    if let Some((_, (old, since, token))) = l.pending.pop_first() {
+                        token.cancel();
+                        l.release(old.ip());
+                        evicted = Some((old, since.elapsed()));
+                    }
+                }
+                if l.total >= shared.config.max_inbound {
+                    Err("too many connections")
+                } else {
+                    l.total += 1;
+                    *l.per_ip.entry(addr.ip()).or_insert(0) += 1;
+                    let id = l.next_id;
+                    l.next_id += 1;
+                    let evict = CancellationToken::new();
+                    l.pending.insert(id, (addr, Instant::now(), evict.clone()));
+                    Ok((id, evict))
+                }
             }
         };
-        if let Some(reason) = refused {
-            warn!(%addr, reason, "connection refused");
-            drop(stream);
-            shared.emit(NodeEvent::Refused {
-                addr,
-                pubkey: None,
-                reason: reason.into(),
-            });
-            continue;
+        if let Some((old, age)) = evicted {
+            let n = shared.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+            warn!(evicted = %old, age_ms = age.as_millis() as u64, for_addr = %addr, total_evicted = n,
+                "inbound slots full: closed the oldest unauthenticated connection");
         }
+        let (id, evict) = match admitted {
+            Ok(x) => x,
+            Err(reason) => {
+                warn!(%addr, reason, "connection refused");
+                drop(stream);
+                shared.emit(NodeEvent::Refused {
+                    addr,
+                    pubkey: None,
+                    reason: reason.into(),
+                });
+                continue;
+            }
+        };
         let slot = Slot {
             shared: shared.clone(),
             ip: addr.ip(),
+            id,
+            evict,
         };
         tracker.spawn(serve(stream, addr, shared.clone(), slot));
     }
     debug!("accept loop stopped");
 }
 
-async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, _slot: Slot) {
+/// Why an evicted connection ended.
+const EVICTED: &str = "evicted: inbound slots full";
+
+async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, slot: Slot) {
     let _ = stream.set_nodelay(true);
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
@@ -612,6 +702,9 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, _slot: 
                     }
                 }
                 Event::Authenticated { peer: info, .. } => {
+                    if !slot.authenticated() {
+                        break 'conn EVICTED.to_string();
+                    }
                     // Events after this one stay queued in the session for
                     // the session task.
                     crate::peer_session::drive(
@@ -635,7 +728,12 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, _slot: 
             }
         }
         let cancel = (!shutting_down).then_some(&shared.cancel);
-        match conn.wait(None, cancel).await {
+        let woke = tokio::select! {
+            biased;
+            _ = slot.evict.cancelled() => break 'conn EVICTED.to_string(),
+            w = conn.wait(None, cancel) => w,
+        };
+        match woke {
             Ok(Wake::Cancelled) => {
                 shutting_down = true;
                 conn.session.close(Instant::now(), reasons::SHUTTING_DOWN);
@@ -645,7 +743,14 @@ async fn serve(stream: TcpStream, addr: SocketAddr, shared: Arc<Shared>, _slot: 
         }
     };
     let who = peer.map(|p| p.short(12)).unwrap_or_else(|| "-".into());
-    if !reason.contains(reasons::NOT_AUTHORIZED) {
+    if reason == EVICTED {
+        // Logged (once per eviction) where it was decided.
+        shared.emit(NodeEvent::Refused {
+            addr,
+            pubkey: peer,
+            reason,
+        });
+    } else if !reason.contains(reasons::NOT_AUTHORIZED) {
         warn!(%addr, peer = %who, %reason, "handshake failed");
         shared.emit(NodeEvent::Refused {
             addr,

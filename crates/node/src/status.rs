@@ -14,6 +14,8 @@
 //!   "listen_addr": "0.0.0.0:7420",
 //!   "inbound_connections": 3,         // open inbound TCP connections (incl. handshakes)
 //!   "rate_limited": 0,                // inbound attempts refused by the per-IP rate limit
+//!   "evicted": 0,                     // unauthenticated connections closed to make room (slots full)
+//!   "slow_dropped": 0,                // sessions closed: the peer took no data for the send timeout
 //!   "peers": [ {
 //!     "pubkey": "<64 hex>",
 //!     "connected": true,
@@ -61,6 +63,10 @@ pub struct StatusFile {
     pub inbound_connections: usize,
     #[serde(default)]
     pub rate_limited: u64,
+    #[serde(default)]
+    pub evicted: u64,
+    #[serde(default)]
+    pub slow_dropped: u64,
     #[serde(default)]
     pub peers: Vec<PeerStatus>,
 }
@@ -169,6 +175,8 @@ mod tests {
             listen_addr: "127.0.0.1:7420".into(),
             inbound_connections: 0,
             rate_limited: 0,
+            evicted: 0,
+            slow_dropped: 0,
             peers: vec![PeerStatus {
                 pubkey: pk,
                 connected: true,

@@ -365,13 +365,22 @@ async fn connection_flood_against_low_limit() {
     // The established peer is still served while the flood holds its slots.
     c.ping().await.unwrap();
     assert!(f.node.connection_count() <= 8);
+    // Full, each new connection evicts the oldest unauthenticated one
+    // (never the authenticated session), reported as Refused.
+    let end = Instant::now() + Duration::from_secs(3);
     let mut refused = 0;
-    while let Ok(ev) = events.try_recv() {
-        if matches!(ev, NodeEvent::Refused { ref reason, .. } if reason == "too many connections") {
-            refused += 1;
+    while refused < 150 && Instant::now() < end {
+        while let Ok(ev) = events.try_recv() {
+            if matches!(ev, NodeEvent::Refused { ref reason, .. } if reason == "evicted: inbound slots full")
+            {
+                refused += 1;
+            }
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(refused >= 150, "refused {refused}");
+    assert!(f.node.evicted_count() >= 150, "{}", f.node.evicted_count());
+    c.ping().await.unwrap();
     drop(flood);
     // Slots free again (EOF); a new trusted connection is served.
     let end = Instant::now() + Duration::from_secs(3);

@@ -125,10 +125,18 @@ fn node_config(peers: &Path) -> NodeConfig {
 }
 
 async fn start(h: &Home, tweak: impl FnOnce(&mut ReplicatorConfig)) -> Running {
+    start_with(h, node_config(&h.peers), tweak).await
+}
+
+async fn start_with(
+    h: &Home,
+    config: NodeConfig,
+    tweak: impl FnOnce(&mut ReplicatorConfig),
+) -> Running {
     let (tx, rx) = mpsc::channel(16);
     let node = Node::new(
         ident(h.n),
-        node_config(&h.peers),
+        config,
         Arc::new(PeerStoreTrust::new(h.peers.clone())),
     )
     .with_inbox(tx)
@@ -620,4 +628,153 @@ async fn a_peer_over_its_daily_quota_is_not_pulled_from() {
     na.node.shutdown().await;
     nb.node.shutdown().await;
     nc.node.shutdown().await;
+}
+
+/// A TCP proxy to `to`. What the client sends is always forwarded; what
+/// the node sends is forwarded until `stall` is set, then never read again
+/// (the upstream socket has a 4 KiB receive buffer): a peer that stopped
+/// reading.
+async fn stalling_proxy(
+    to: std::net::SocketAddr,
+    stall: Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (down, _) = l.accept().await.unwrap();
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let up = sock.connect(to).await.unwrap();
+        let (mut dr, mut dw) = down.into_split();
+        let (mut ur, mut uw) = up.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut dr, &mut uw).await;
+        });
+        let mut buf = [0u8; 4096];
+        while !stall.load(Ordering::SeqCst) {
+            let n = match ur.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if dw.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+        // Stalled: hold both sockets open, read nothing more.
+        std::future::pending::<()>().await;
+    });
+    addr
+}
+
+/// Memories of incompressible text (a bundle of several MiB).
+fn remember_big(h: &Home, count: usize) {
+    use rand::Rng;
+    let id = ident(h.n);
+    let s = h.store();
+    let mut rng = rand::thread_rng();
+    for i in 0..count {
+        let text: String = (0..200 * 1024)
+            .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
+            .collect();
+        s.append(&id, &[mem(&id, &format!("big {i} {text}"), &["big"])], "m")
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_is_dropped_and_others_keep_replicating() {
+    // A serves a healthy peer H (node 2, dials A) and a trusted peer S
+    // (key 3) that pulls a bundle of several MiB and stops reading. H must
+    // keep receiving A's new memories live meanwhile, and A must drop S
+    // after its send timeout (1 s here), saying why.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, h) = (Home::new(dir.path(), 1), Home::new(dir.path(), 2));
+    remember_big(&a, 16);
+    a.trust(2, None);
+    a.trust(3, None);
+    let send_timeout = Duration::from_secs(1);
+    let na = start_with(
+        &a,
+        NodeConfig {
+            send_timeout,
+            ..node_config(&a.peers)
+        },
+        |_| {},
+    )
+    .await;
+    h.trust(1, Some(na.addr()));
+    let nh = start(&h, |_| {}).await;
+    wait_for("A's big memories on H", 20, || h.count(1) == 16).await;
+    let mut events = na.node.subscribe();
+    let dropped = tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::PeerDisconnected { pubkey, reason, .. }) if pubkey == key(3) => {
+                    break (Instant::now(), reason);
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+
+    let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let proxy = stalling_proxy(na.node.local_addr(), stall.clone()).await;
+    let cfg = ClientConfig {
+        listen_port: Some(9),
+        ..ClientConfig::default()
+    };
+    let mut s = connect(&proxy.to_string(), ident(3), Some(key(1)), &cfg)
+        .await
+        .unwrap();
+    stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    s.send(Message::MemoryRequest(MemoryRequest {
+        id: 1,
+        sync: Some(mmogit_proto::SyncRequest {
+            have: vec![],
+            max_transfer: None,
+        }),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let stalled_at = Instant::now();
+
+    // Live propagation to H goes on while S holds A's bundle unread.
+    let mut lags = Vec::new();
+    for i in 0..6 {
+        a.remember(1, &format!("live{i}"));
+        let t = Instant::now();
+        wait_for("a new memory on H", 3, || h.count(1) == 17 + i).await;
+        lags.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (at, reason) = tokio::time::timeout(Duration::from_secs(10), dropped)
+        .await
+        .expect("the stalled peer is dropped")
+        .unwrap();
+    let after = at - stalled_at;
+    let max_lag = lags.iter().max().unwrap();
+    eprintln!(
+        "stalled peer dropped {:.2} s after its pull request ({reason}); healthy peer lag max {:.0} ms over {} live memories",
+        after.as_secs_f64(),
+        max_lag.as_secs_f64() * 1000.0,
+        lags.len()
+    );
+    assert!(reason.contains("took none of our data"), "{reason}");
+    assert!(after >= send_timeout, "{after:?}");
+    assert!(after < send_timeout + Duration::from_secs(5), "{after:?}");
+    assert_eq!(na.node.slow_dropped_count(), 1);
+    assert!(*max_lag < Duration::from_secs(2), "{lags:?}");
+    assert!(na
+        .node
+        .peers()
+        .iter()
+        .any(|p| p.pubkey == key(2) && p.connected));
+    drop(s);
+    na.node.shutdown().await;
+    nh.node.shutdown().await;
 }

@@ -38,6 +38,9 @@ pub struct Args {
     /// A frame that has started must arrive completely within this
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub frame_timeout: Duration,
+    /// Close a session whose peer takes none of our data for this long (it stopped reading)
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub send_timeout: Duration,
     /// Most outbound sessions (and dials in flight) at once
     #[arg(long, default_value_t = 64)]
     pub max_outbound: usize,
@@ -84,6 +87,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         idle_timeout: args.idle_timeout,
         handshake_timeout: args.handshake_timeout,
         frame_timeout: args.frame_timeout,
+        send_timeout: args.send_timeout,
         heartbeat_interval: args.idle_timeout,
         max_outbound: args.max_outbound,
         // Keep sessions open to trusted peers with known addresses, reconnect
