@@ -58,6 +58,9 @@ const QUERY_PAGE_BYTES: usize = 6 * 1024 * 1024;
 pub const QUERY_MAX_MATCHES: usize = 1_000_000;
 /// Queries of one peer answered at once; more are refused with `busy`.
 pub const MAX_CONCURRENT_QUERIES: usize = 4;
+/// A query is worked on only when at most this many messages wait in the
+/// session's queue.
+const QUERY_QUEUED_AT_MOST: usize = 2;
 /// How long a send may wait for room in a session's queue (only in tasks
 /// of one session: the replicator's own loop never waits on a session).
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -808,15 +811,25 @@ impl Replicator {
                         )),
                         ..Default::default()
                     };
-                    tokio::spawn(async move {
-                        let _ = reply
-                            .send(Message::MemoryResponse(busy), SEND_TIMEOUT)
-                            .await;
-                    });
+                    // Only if there is room now: a peer flooding queries it
+                    // does not read gets no task per query.
+                    let _ = reply
+                        .send(Message::MemoryResponse(busy), Duration::ZERO)
+                        .await;
                     return;
                 }
                 tokio::spawn(async move {
                     let _running = CountGuard(running);
+                    // Work only once the session's queue is nearly empty: a
+                    // peer that stops reading makes us hold at most a few
+                    // answers (up to 6 MiB each), not a queue full of them.
+                    if reply
+                        .wait_queued_at_most(QUERY_QUEUED_AT_MOST, SEND_TIMEOUT)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                     let id = req.id;
                     let resp = tokio::task::spawn_blocking(move || answer_query(&cfg, &req))
                         .await
@@ -1766,6 +1779,79 @@ mod tests {
             "healthy peer answered in {:.1} ms with a stalled peer's pull pending",
             t.elapsed().as_secs_f64() * 1000.0
         );
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queries_of_a_peer_that_does_not_read_are_not_answered_into_its_queue() {
+        // Its queue already holds 3 messages and nobody reads them: its
+        // queries wait (at most 4 of them, the rest `busy` only while there
+        // is room), so the queue does not fill with answers of up to 6 MiB.
+        // Once it reads again, the answers come.
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo.git");
+        Store::open_or_init(&repo).unwrap();
+        let me = Arc::new(Identity::from_secret_bytes(&[1; 32]));
+        let p_key = Identity::from_secret_bytes(&[2; 32]).public_key();
+        let node = crate::Node::new(
+            me.clone(),
+            crate::NodeConfig {
+                listen_addr: "127.0.0.1:0".parse().unwrap(),
+                ..crate::NodeConfig::default()
+            },
+            Arc::new(|_: &PublicKey, _: std::net::SocketAddr| false),
+        )
+        .start()
+        .await
+        .unwrap();
+        let (inbox_tx, inbox_rx) = mpsc::channel(16);
+        let cfg = ReplicatorConfig::new(repo, me.public_key());
+        tokio::spawn(Replicator::new(cfg).run(inbox_rx, node.sender()));
+        let (tx, mut rx) = mpsc::channel(crate::server::SEND_QUEUE);
+        for _ in 0..3 {
+            tx.try_send(Box::new(Message::Ping(vec![0; 8]))).unwrap();
+        }
+        for id in 1..=20u64 {
+            inbox_tx
+                .send(Inbound {
+                    peer: p_key,
+                    msg: Message::MemoryRequest(MemoryRequest {
+                        id,
+                        ..Default::default()
+                    }),
+                    reply: Reply::new(p_key, tx.clone()),
+                })
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut answers = 0;
+        let mut busy = 0;
+        let mut queued = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            queued.push(m);
+        }
+        for m in &queued {
+            if let Message::MemoryResponse(r) = &**m {
+                match &r.error {
+                    Some(e) if e.starts_with("busy") => busy += 1,
+                    _ => answers += 1,
+                }
+            }
+        }
+        assert_eq!(answers, 0, "no answer queued while the peer did not read");
+        assert_eq!(busy, 16, "the other 16 refused at once");
+        // Reading again (the queue is empty now): the 4 waiting are answered.
+        let mut got = 0;
+        while got < 4 {
+            let m = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("answers once the peer reads")
+                .unwrap();
+            if matches!(&*m, Message::MemoryResponse(r) if r.error.is_none()) {
+                got += 1;
+            }
+        }
         node.shutdown().await;
     }
 }
