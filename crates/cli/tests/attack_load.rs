@@ -109,13 +109,14 @@ async fn closed_within(s: &mut TcpStream, secs: u64) -> bool {
     }
 }
 
-#[test]
-fn node_survives_adversarial_load_and_keeps_serving_a_trusted_peer() {
-    let attempts: usize = if std::env::var("MMOGIT_LONG_TESTS").is_ok_and(|v| v == "1") {
-        5000
-    } else {
-        500
-    };
+/// A `serve` (no dialing) whose home trusts a friend, the friend's
+/// identity, and a two-thread runtime for the test's clients.
+fn victim_with_a_friend() -> (
+    TestHome,
+    Serve,
+    Arc<mmogit_identity::Identity>,
+    tokio::runtime::Runtime,
+) {
     let (victim, friend) = (TestHome::init(), TestHome::init());
     let mut s = PeerStore::load(&victim.home.join("peers.json")).unwrap();
     s.add(
@@ -126,8 +127,6 @@ fn node_survives_adversarial_load_and_keeps_serving_a_trusted_peer() {
     );
     s.save().unwrap();
     let serve = Serve::start(&victim, &["--no-dial"]);
-    let pid = serve.child.id();
-    let addr: std::net::SocketAddr = serve.addr.parse().unwrap();
     let fid =
         Arc::new(mmogit_identity::Identity::load(&friend.home.join("identity.json")).unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -135,6 +134,19 @@ fn node_survives_adversarial_load_and_keeps_serving_a_trusted_peer() {
         .enable_all()
         .build()
         .unwrap();
+    (victim, serve, fid, rt)
+}
+
+#[test]
+fn node_survives_adversarial_load_and_keeps_serving_a_trusted_peer() {
+    let attempts: usize = if std::env::var("MMOGIT_LONG_TESTS").is_ok_and(|v| v == "1") {
+        5000
+    } else {
+        500
+    };
+    let (_victim, serve, fid, rt) = victim_with_a_friend();
+    let pid = serve.child.id();
+    let addr: std::net::SocketAddr = serve.addr.parse().unwrap();
     let rss_idle = vm_rss_kib(pid);
     let report = rt.block_on(async move {
         let cfg = ClientConfig::default();
@@ -284,25 +296,9 @@ fn unauthenticated_connections_cannot_make_serve_hold_their_frames() {
     // limit) each send the largest frame allowed before authentication,
     // all but its last byte, and stall. Before the pre-authentication limit
     // each could declare 10 MiB and send 9.9 MiB: 1 GB held.
-    let (victim, friend) = (TestHome::init(), TestHome::init());
-    let mut s = PeerStore::load(&victim.home.join("peers.json")).unwrap();
-    s.add(
-        friend.pubkey().parse().unwrap(),
-        None,
-        Vec::new(),
-        PeerSource::Manual,
-    );
-    s.save().unwrap();
-    let serve = Serve::start(&victim, &["--no-dial"]);
+    let (_victim, serve, fid, rt) = victim_with_a_friend();
     let pid = serve.child.id();
     let addr: std::net::SocketAddr = serve.addr.parse().unwrap();
-    let fid =
-        Arc::new(mmogit_identity::Identity::load(&friend.home.join("identity.json")).unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let (rss_before, rss_during, old_refused, during) = rt.block_on(async move {
         let mut friend_conn = connect(&serve.addr, fid, None, &ClientConfig::default())
             .await
@@ -380,24 +376,8 @@ fn a_trusted_peer_gets_a_slot_while_strangers_from_many_addresses_hold_them_all(
     // bucket). A trusted peer then connects from an address the node has
     // not seen: before slot eviction it was refused ("too many
     // connections") until the strangers' 10 s handshake timeout.
-    let (victim, friend) = (TestHome::init(), TestHome::init());
-    let mut s = PeerStore::load(&victim.home.join("peers.json")).unwrap();
-    s.add(
-        friend.pubkey().parse().unwrap(),
-        None,
-        Vec::new(),
-        PeerSource::Manual,
-    );
-    s.save().unwrap();
-    let serve = Serve::start(&victim, &["--no-dial"]);
+    let (victim, serve, fid, rt) = victim_with_a_friend();
     let addr: std::net::SocketAddr = serve.addr.parse().unwrap();
-    let fid =
-        Arc::new(mmogit_identity::Identity::load(&friend.home.join("identity.json")).unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let serve_addr = serve.addr.clone();
     let (connect_ms, first_closed, after) = rt.block_on(async move {
         let mut first = stalled_strangers(addr, 1, 32, 128).await;

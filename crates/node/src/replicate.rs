@@ -1702,25 +1702,13 @@ mod tests {
     use super::*;
     use mmogit_identity::Identity;
 
-    /// A session handle whose peer stopped reading: its queue is full and
-    /// nothing drains it (the receiver is returned to keep it open).
-    fn stalled(peer: PublicKey) -> (Reply, mpsc::Receiver<Box<Message>>) {
-        let (tx, rx) = mpsc::channel(1);
-        tx.try_send(Box::new(Message::Ping(vec![0; 8]))).unwrap();
-        (Reply::new(peer, tx), rx)
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stalled_session_does_not_hold_up_the_replicator() {
-        // S announces a tip we lack while its queue is full: the pull
-        // request cannot be queued. Before, the replicator waited up to
-        // 30 s for room, and H's query waited behind it.
+    /// A node of key 1 (trusting nobody) with a replicator over an empty
+    /// repository, and the replicator's inbox to feed it messages directly.
+    async fn replicator() -> (tempfile::TempDir, crate::NodeHandle, mpsc::Sender<Inbound>) {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo.git");
         Store::open_or_init(&repo).unwrap();
         let me = Arc::new(Identity::from_secret_bytes(&[1; 32]));
-        let s_key = Identity::from_secret_bytes(&[3; 32]).public_key();
-        let h_key = Identity::from_secret_bytes(&[2; 32]).public_key();
         let node = crate::Node::new(
             me.clone(),
             crate::NodeConfig {
@@ -1735,6 +1723,25 @@ mod tests {
         let (inbox_tx, inbox_rx) = mpsc::channel(16);
         let cfg = ReplicatorConfig::new(repo, me.public_key());
         tokio::spawn(Replicator::new(cfg).run(inbox_rx, node.sender()));
+        (dir, node, inbox_tx)
+    }
+
+    /// A session handle whose peer stopped reading: its queue is full and
+    /// nothing drains it (the receiver is returned to keep it open).
+    fn stalled(peer: PublicKey) -> (Reply, mpsc::Receiver<Box<Message>>) {
+        let (tx, rx) = mpsc::channel(1);
+        tx.try_send(Box::new(Message::Ping(vec![0; 8]))).unwrap();
+        (Reply::new(peer, tx), rx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_session_does_not_hold_up_the_replicator() {
+        // S announces a tip we lack while its queue is full: the pull
+        // request cannot be queued. Before, the replicator waited up to
+        // 30 s for room, and H's query waited behind it.
+        let (_dir, node, inbox_tx) = replicator().await;
+        let s_key = Identity::from_secret_bytes(&[3; 32]).public_key();
+        let h_key = Identity::from_secret_bytes(&[2; 32]).public_key();
 
         let (s_reply, _s_rx) = stalled(s_key);
         let announce = Message::MemoryResponse(MemoryResponse {
@@ -1788,25 +1795,8 @@ mod tests {
         // queries wait (at most 4 of them, the rest `busy` only while there
         // is room), so the queue does not fill with answers of up to 6 MiB.
         // Once it reads again, the answers come.
-        let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo.git");
-        Store::open_or_init(&repo).unwrap();
-        let me = Arc::new(Identity::from_secret_bytes(&[1; 32]));
+        let (_dir, node, inbox_tx) = replicator().await;
         let p_key = Identity::from_secret_bytes(&[2; 32]).public_key();
-        let node = crate::Node::new(
-            me.clone(),
-            crate::NodeConfig {
-                listen_addr: "127.0.0.1:0".parse().unwrap(),
-                ..crate::NodeConfig::default()
-            },
-            Arc::new(|_: &PublicKey, _: std::net::SocketAddr| false),
-        )
-        .start()
-        .await
-        .unwrap();
-        let (inbox_tx, inbox_rx) = mpsc::channel(16);
-        let cfg = ReplicatorConfig::new(repo, me.public_key());
-        tokio::spawn(Replicator::new(cfg).run(inbox_rx, node.sender()));
         let (tx, mut rx) = mpsc::channel(crate::server::SEND_QUEUE);
         for _ in 0..3 {
             tx.try_send(Box::new(Message::Ping(vec![0; 8]))).unwrap();

@@ -162,25 +162,36 @@ fn client_sync(dir: &std::path::Path, timeout: Duration, deadline: Duration) -> 
     }
 }
 
+/// Runs a client sync into a fresh repository (600 ms per wait, `deadline`
+/// in all) under an outer 20 s timeout; its result, how long it took, and
+/// the directory of the repository.
+async fn timed_sync(
+    conn: &mut Connection,
+    deadline: Duration,
+) -> (
+    Result<mmogit_node::replicate::SyncOutcome, NodeError>,
+    Duration,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = client_sync(dir.path(), Duration::from_millis(600), deadline);
+    let t = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        sync_connection(conn, &cfg, &|_, _, _| {}),
+    )
+    .await
+    .expect("the sync ends");
+    (r, t.elapsed(), dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrelated_messages_do_not_extend_a_sync_wait() {
     let (node, mut conn) = hostile(Behaviour::Silent).await;
     chatter(&node, Duration::ZERO, announce);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = client_sync(
-        dir.path(),
-        Duration::from_millis(600),
-        Duration::from_secs(60),
-    );
-    let t = Instant::now();
-    let r = tokio::time::timeout(
-        Duration::from_secs(20),
-        sync_connection(&mut conn, &cfg, &|_, _, _| {}),
-    )
-    .await
-    .expect("the sync ends");
+    let (r, took, _) = timed_sync(&mut conn, Duration::from_secs(60)).await;
     assert!(matches!(r, Err(NodeError::Timeout(_))), "{r:?}");
-    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,22 +209,10 @@ async fn a_transfer_that_trickles_ends_at_the_sync_deadline() {
             data: vec![b'x'],
         })
     });
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = client_sync(
-        dir.path(),
-        Duration::from_millis(600),
-        Duration::from_millis(1500),
-    );
-    let t = Instant::now();
-    let r = tokio::time::timeout(
-        Duration::from_secs(20),
-        sync_connection(&mut conn, &cfg, &|_, _, _| {}),
-    )
-    .await
-    .expect("the sync ends");
+    let (r, took, dir) = timed_sync(&mut conn, Duration::from_millis(1500)).await;
     let e = r.unwrap_err();
     assert!(e.to_string().contains("deadline"), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
-    let store = mmogit_store::Store::open(&cfg.repo).unwrap();
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    let store = mmogit_store::Store::open(&dir.path().join("memories.git")).unwrap();
     assert!(store.branches().unwrap().is_empty());
 }
