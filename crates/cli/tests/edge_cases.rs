@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{git, git_env, TestHome};
+use common::{git, git_env, shared_remote, SharedRemote, TestHome};
 use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT as B, EIGHT_TORSION};
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
@@ -246,24 +246,12 @@ fn crafted_memories_get_one_verdict_from_single_and_batch_checks() {
     }
 }
 
-/// A bare repository with A's genuine branch (A synced to it) that B trusts,
-/// and B's home.
-fn remote_with_a() -> (tempfile::TempDir, std::path::PathBuf, TestHome, TestHome) {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("shared.git");
-    let out = std::process::Command::new("git")
-        .args(["init", "--quiet", "--bare"])
-        .arg(&remote)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let (a, b) = (TestHome::init(), TestHome::init());
-    let url = remote.to_str().unwrap();
-    a.run(&["p2p", "add", url, "--pubkey", &b.pubkey()]).ok();
-    b.run(&["p2p", "add", url, "--pubkey", &a.pubkey()]).ok();
-    a.remember(&["a genuine memory"]);
-    a.run(&["sync"]).ok();
-    (dir, remote, a, b)
+/// A bare repository with A's genuine branch (A synced to it) that B trusts.
+fn remote_with_a() -> SharedRemote {
+    let s = shared_remote();
+    s.a.remember(&["a genuine memory"]);
+    s.a.run(&["sync"]).ok();
+    s
 }
 
 /// Writes `c` as the only memory of branch `users/<its author>` in `repo`,
@@ -299,8 +287,9 @@ fn recalled(home: &TestHome, id: &str) -> Option<serde_json::Value> {
 fn crafted_memories_get_the_same_verdict_from_sync_verify_and_recall() {
     for (n, (kind, expected)) in CASES.iter().enumerate() {
         let c = craft(*kind, n);
-        let (_dir, remote, _a, b) = remote_with_a();
-        plant(&remote, &c);
+        let shared = remote_with_a();
+        let b = &shared.b;
+        plant(&shared.remote, &c);
 
         // Through `mmogit sync` from the git remote.
         let r = b.run(&["sync", "--json"]);
@@ -311,7 +300,7 @@ fn crafted_memories_get_the_same_verdict_from_sync_verify_and_recall() {
             assert_eq!(r.code, 0, "{kind:?}: {}", r.stderr);
             assert!(refused.is_empty(), "{kind:?}: {refused:?}");
             assert_eq!(v[0]["received"], 2, "{kind:?}");
-            let m = recalled(&b, &c.id).unwrap_or_else(|| panic!("{kind:?}: not recalled"));
+            let m = recalled(b, &c.id).unwrap_or_else(|| panic!("{kind:?}: not recalled"));
             assert_eq!(m["verified"], true);
         } else {
             assert_eq!(r.code, 4, "{kind:?}: {}\n{}", r.stdout, r.stderr);
@@ -322,7 +311,7 @@ fn crafted_memories_get_the_same_verdict_from_sync_verify_and_recall() {
             assert_eq!(v[0]["received"], 1, "{kind:?}: only A's memory");
             let heads = git(&b.repo(), &["for-each-ref", "refs/heads/"]);
             assert!(!heads.contains(&c.author), "{kind:?}: {heads}");
-            assert!(recalled(&b, &c.id).is_none(), "{kind:?}");
+            assert!(recalled(b, &c.id).is_none(), "{kind:?}");
         }
         b.run(&["verify"]).ok();
 

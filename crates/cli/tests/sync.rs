@@ -3,45 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
+use common::{forge, git, shared_remote, SharedRemote, TestHome};
 
-use common::{forge, git, TestHome};
-
-/// Two initialized homes and an empty bare repository, each home trusting
-/// the other's key through the shared repository.
-struct Setup {
-    _dir: tempfile::TempDir,
-    remote: PathBuf,
-    a: TestHome,
-    b: TestHome,
-    pka: String,
-    pkb: String,
-}
-
-fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = dir.path().join("shared.git");
-    let out = std::process::Command::new("git")
-        .args(["init", "--quiet", "--bare"])
-        .arg(&remote)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let (a, b) = (TestHome::init(), TestHome::init());
-    let (pka, pkb) = (a.pubkey(), b.pubkey());
-    let url = remote.to_str().unwrap();
-    a.run(&["p2p", "add", url, "--pubkey", &pkb, "--name", "bob"])
-        .ok();
-    b.run(&["p2p", "add", url, "--pubkey", &pka, "--name", "alice"])
-        .ok();
-    Setup {
-        _dir: dir,
-        remote,
-        a,
-        b,
-        pka,
-        pkb,
-    }
+fn setup() -> SharedRemote {
+    shared_remote()
 }
 
 fn refs(repo: &std::path::Path) -> String {

@@ -307,3 +307,40 @@ pub fn first_stdout_line(child: &mut std::process::Child) -> String {
     rx.recv_timeout(std::time::Duration::from_secs(20))
         .expect("serve printed its address")
 }
+
+/// Two initialized homes (named alice and bob for each other) and an empty
+/// bare repository, each home trusting the other's key through it.
+pub struct SharedRemote {
+    _dir: tempfile::TempDir,
+    pub remote: PathBuf,
+    pub a: TestHome,
+    pub b: TestHome,
+    pub pka: String,
+    pub pkb: String,
+}
+
+pub fn shared_remote() -> SharedRemote {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = dir.path().join("shared.git");
+    let out = Command::new("git")
+        .args(["init", "--quiet", "--bare"])
+        .arg(&remote)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (a, b) = (TestHome::init(), TestHome::init());
+    let (pka, pkb) = (a.pubkey(), b.pubkey());
+    let url = remote.to_str().unwrap();
+    a.run(&["p2p", "add", url, "--pubkey", &pkb, "--name", "bob"])
+        .ok();
+    b.run(&["p2p", "add", url, "--pubkey", &pka, "--name", "alice"])
+        .ok();
+    SharedRemote {
+        _dir: dir,
+        remote,
+        a,
+        b,
+        pka,
+        pkb,
+    }
+}
