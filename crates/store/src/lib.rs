@@ -26,7 +26,7 @@ pub use memory::{
 };
 pub use quarantine::{Quarantine, QUARANTINE_DIR};
 pub use query::{Filter, RecallResult, Warning};
-pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX};
+pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX, NO_FSYNC_ENV};
 pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
 pub use sync::{
     BranchIngest, BundleInfo, Incoming, IngestReport, IngestStatus, DEFAULT_BUNDLE_TIMEOUT,

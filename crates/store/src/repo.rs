@@ -49,9 +49,80 @@ pub(crate) enum Change {
     Foreign { path: String, reason: String },
 }
 
+/// Environment variable that turns fsync off (see [`durable_writes`]): for
+/// benchmarks that compare with and without it in one run, never for use.
+pub const NO_FSYNC_ENV: &str = "MMOGIT_BENCH_NO_FSYNC";
+
+/// Makes every libgit2 write of this process durable before it returns:
+/// loose objects and packs (with their index) are fsynced and so is their
+/// directory after the rename into place; ref files likewise (libgit2's
+/// `GIT_OPT_ENABLE_FSYNC_GITDIR`, process-wide). Directories libgit2 creates
+/// without syncing their parent (a new `objects/xx`, `refs/heads/users`)
+/// are synced by [`sync_object_dirs`] and [`sync_ref_dirs`]. Called by
+/// every way of opening a store. `MMOGIT_BENCH_NO_FSYNC=1` turns it off, for
+/// the benchmark that measures what it costs.
+pub(crate) fn durable_writes() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        if std::env::var_os(NO_FSYNC_ENV).is_some_and(|v| v == "1") {
+            tracing::warn!("{NO_FSYNC_ENV}=1: writes are not fsynced (benchmarks only)");
+            return false;
+        }
+        // Initialises libgit2 (the option below is a plain global).
+        git2::opts::enable_caching(true);
+        // SAFETY: GIT_OPT_ENABLE_FSYNC_GITDIR takes one int argument.
+        let rc = unsafe {
+            libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_ENABLE_FSYNC_GITDIR as std::ffi::c_int,
+                1 as std::ffi::c_int,
+            )
+        };
+        if rc != 0 {
+            tracing::warn!(rc, "libgit2 refused to enable fsync");
+            return false;
+        }
+        true
+    })
+}
+
+/// fsyncs directory `dir`, so that the names created in it (a renamed
+/// object, pack or ref, a new subdirectory) survive a power loss.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    if !durable_writes() {
+        return Ok(());
+    }
+    let io = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::File::open(dir).map_err(io)?.sync_all().map_err(io)
+}
+
+/// Syncs `objects/` and `objects/pack/` (new fan-out directories and packs
+/// are entries there), before a ref points at what was written.
+pub(crate) fn sync_object_dirs(git_dir: &Path) -> Result<(), StoreError> {
+    let objects = git_dir.join("objects");
+    sync_dir(&objects)?;
+    sync_dir(&objects.join("pack"))
+}
+
+/// Syncs the directories above the one holding `refname`, from `refs/`
+/// down (libgit2 syncs only the ref's own directory, which a first write
+/// may have created, e.g. `refs/heads/users/`).
+pub(crate) fn sync_ref_dirs(git_dir: &Path, refname: &str) -> Result<(), StoreError> {
+    let mut dir = git_dir.to_path_buf();
+    let parts: Vec<&str> = refname.split('/').collect();
+    for p in &parts[..parts.len().saturating_sub(2)] {
+        dir.push(p);
+        sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens an existing repository.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        durable_writes();
         match Repository::open_bare(path) {
             Ok(repo) => Ok(Store {
                 repo,
@@ -67,6 +138,7 @@ impl Store {
     /// Opens the repository, creating an empty bare one if there is none.
     /// Never touches an existing repository's content.
     pub fn open_or_init(path: &Path) -> Result<Store, StoreError> {
+        durable_writes();
         if path.join("HEAD").exists() {
             return Self::open(path);
         }
@@ -498,12 +570,18 @@ fn move_ref(
     let refname = branch_name(&identity.public_key());
     remove_stale_ref_lock(repo, &refname);
     for attempt in 0..MAX_CAS_ATTEMPTS {
+        // The objects first: a ref that survives a power loss must not
+        // point at objects that did not.
+        sync_object_dirs(repo.path())?;
         let res = match old {
             Some(o) => repo.reference_matching(&refname, commit, true, o, message),
             None => repo.reference(&refname, commit, false, message),
         };
         match res {
-            Ok(_) => return Ok(commit),
+            Ok(_) => {
+                sync_ref_dirs(repo.path(), &refname)?;
+                return Ok(commit);
+            }
             Err(e)
                 if matches!(
                     e.code(),

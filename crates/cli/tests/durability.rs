@@ -1,0 +1,241 @@
+//! Durability (issue 15): what `remember` writes is fsynced (objects, the
+//! ref, their directories) before it prints the memory id.
+//!
+//! The fsync check traces `remember` with strace: it verifies the order of
+//! the system calls, not what the disk does with them (see SECURITY.md,
+//! "Durability and maintenance"). Needs strace (`.ci/run` installs it);
+//! skipped without it, a failure under `CI=true`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::TestHome;
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn have_strace() -> bool {
+    Command::new("strace")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Files under `objects/` (loose objects, packs, `info/`), relative paths.
+fn object_files(repo: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let objects = repo.join("objects");
+    for d in std::fs::read_dir(&objects).unwrap().flatten() {
+        if !d.path().is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            if f.path().is_file() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                out.insert(format!("{}/{name}", d.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
+
+/// Decodes the C-style escapes strace uses in a quoted string (enough for
+/// paths and a hex id).
+fn unquote(s: &str) -> String {
+    s.replace("\\n", "\n").replace("\\\"", "\"")
+}
+
+/// The quoted strings of a strace line, in order.
+fn quoted(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(a) = rest.find('"') {
+        let after = &rest[a + 1..];
+        let mut end = None;
+        let b = after.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' {
+                i += 2;
+                continue;
+            }
+            if b[i] == b'"' {
+                end = Some(i);
+                break;
+            }
+            i += 1;
+        }
+        let Some(e) = end else { break };
+        out.push(unquote(&after[..e]));
+        rest = &after[e + 1..];
+    }
+    out
+}
+
+/// What a strace log of one `remember` says: the fsyncs (path, line), the
+/// renames (from, to, line) and the line where the id went to stdout.
+struct Trace {
+    fsyncs: Vec<(PathBuf, usize)>,
+    renames: Vec<(PathBuf, PathBuf, usize)>,
+    id_written: usize,
+}
+
+fn clean(p: &str) -> PathBuf {
+    let mut s = p.to_string();
+    while s.contains("//") {
+        s = s.replace("//", "/");
+    }
+    PathBuf::from(s.trim_end_matches('/'))
+}
+
+fn parse_trace(log: &str, id: &str) -> Trace {
+    let mut t = Trace {
+        fsyncs: Vec::new(),
+        renames: Vec::new(),
+        id_written: usize::MAX,
+    };
+    for (n, line) in log.lines().enumerate() {
+        // "<pid> syscall(args) = ret"
+        let call = line
+            .split_once(' ')
+            .map(|(_, r)| r.trim_start())
+            .unwrap_or(line);
+        let ok = !line.contains("= -1");
+        if (call.starts_with("fsync(") || call.starts_with("fdatasync(")) && ok {
+            // fsync(3</abs/path>) = 0
+            if let (Some(a), Some(b)) = (call.find('<'), call.rfind('>')) {
+                t.fsyncs.push((clean(&call[a + 1..b]), n));
+            }
+        } else if (call.starts_with("rename") || call.starts_with("link")) && ok {
+            // libgit2 moves a file into place with link() then unlink()
+            // of the temporary (rename() where link fails).
+            let q = quoted(call);
+            if q.len() >= 2 {
+                t.renames.push((clean(&q[0]), clean(&q[1]), n));
+            }
+        } else if call.starts_with("write(1") && call.contains(id) && t.id_written == usize::MAX {
+            t.id_written = n;
+        }
+    }
+    t
+}
+
+impl Trace {
+    fn synced(&self, path: &Path, after: usize, before: usize) -> bool {
+        self.fsyncs
+            .iter()
+            .any(|(p, n)| p == path && *n > after && *n < before)
+    }
+
+    /// `file` was renamed into place from a temporary file that was fsynced
+    /// before the rename, and its directory was fsynced after the rename;
+    /// all before the id was printed. Returns the rename's line.
+    #[track_caller]
+    fn check_durable(&self, file: &Path) -> usize {
+        let (from, _, r) = self
+            .renames
+            .iter()
+            .find(|(_, to, _)| to == file)
+            .unwrap_or_else(|| panic!("{} was not renamed into place", file.display()));
+        assert!(
+            *r < self.id_written,
+            "{} renamed after the id was printed",
+            file.display()
+        );
+        assert!(
+            self.synced(from, 0, *r),
+            "{} (written as {}) not fsynced before its rename",
+            file.display(),
+            from.display()
+        );
+        let dir = file.parent().unwrap();
+        assert!(
+            self.synced(dir, *r, self.id_written),
+            "directory {} not fsynced after {} moved in, before the id was printed",
+            dir.display(),
+            file.display()
+        );
+        *r
+    }
+}
+
+/// Runs `remember` under strace and checks that every object it wrote and
+/// its branch ref are durable before the id reaches stdout.
+fn remember_traced(h: &TestHome, text: &str, log: &Path) {
+    let repo = std::fs::canonicalize(h.repo()).unwrap();
+    let before = object_files(&repo);
+    let out = Command::new("strace")
+        .args(["-f", "-y", "-qq", "-s", "4096", "-o"])
+        .arg(log)
+        .args([
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat,write",
+        ])
+        .arg(common::BIN)
+        .arg("--home")
+        .arg(&h.home)
+        .args(["remember", text])
+        .env("MMOGIT_NO_MDNS", "1")
+        .env_remove("MMOGIT_BENCH_NO_FSYNC")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 64, "{id:?}");
+    let trace = parse_trace(&std::fs::read_to_string(log).unwrap(), &id);
+    assert!(
+        trace.id_written != usize::MAX,
+        "the id was not seen on stdout"
+    );
+    let new: Vec<String> = object_files(&repo)
+        .difference(&before)
+        .filter(|f| !f.starts_with("info/"))
+        .cloned()
+        .collect();
+    // A blob, three trees (shard, memories/, root) and a commit.
+    assert!(new.len() >= 5, "{new:?}");
+    let mut last_object = 0;
+    for f in &new {
+        last_object = last_object.max(trace.check_durable(&repo.join("objects").join(f)));
+    }
+    let refname = format!("refs/heads/users/{}", h.pubkey());
+    let ref_rename = trace.check_durable(&repo.join(&refname));
+    assert!(
+        last_object < ref_rename,
+        "objects are durable before the ref moves"
+    );
+    // New fan-out directories are entries of objects/: synced before the ref.
+    assert!(
+        trace.synced(&repo.join("objects"), last_object, ref_rename),
+        "objects/ not fsynced between the objects and the ref"
+    );
+    // refs/heads/users may have just been created: refs/heads synced too.
+    assert!(
+        trace.synced(&repo.join("refs/heads"), ref_rename, trace.id_written),
+        "refs/heads not fsynced before the id was printed"
+    );
+}
+
+#[test]
+fn remember_fsyncs_its_objects_and_ref_before_printing_the_id() {
+    if !have_strace() {
+        assert!(!in_ci(), "strace is missing (.ci/run installs it)");
+        eprintln!("SKIPPED: strace not installed");
+        return;
+    }
+    let h = TestHome::init();
+    let log = h.home.with_extension("strace.log");
+    // The first memory creates the branch (and refs/heads/users/).
+    remember_traced(&h, "first, creating the branch", &log);
+    remember_traced(&h, "second, moving the branch", &log);
+    let _ = std::fs::remove_file(&log);
+    h.run(&["verify"]).ok();
+}
