@@ -1,5 +1,7 @@
-//! Durability (issue 15): what `remember` writes is fsynced (objects, the
-//! ref, their directories) before it prints the memory id.
+//! Durability and maintenance (issue 15): what `remember` writes is fsynced
+//! (objects, the ref, their directories) before it prints the memory id;
+//! `mmogit gc` repacks without losing anything, also beside writers; `serve`
+//! runs it on a schedule.
 //!
 //! The fsync check traces `remember` with strace: it verifies the order of
 //! the system calls, not what the disk does with them (see SECURITY.md,
@@ -11,8 +13,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
-use common::TestHome;
+use common::{wait_until, Serve, TestHome};
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -238,4 +241,133 @@ fn remember_fsyncs_its_objects_and_ref_before_printing_the_id() {
     remember_traced(&h, "second, moving the branch", &log);
     let _ = std::fs::remove_file(&log);
     h.run(&["verify"]).ok();
+}
+
+fn gc_json(h: &TestHome, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["gc", "--json"];
+    args.extend_from_slice(extra);
+    let r = h.run(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    r.json()
+}
+
+#[test]
+fn gc_repacks_everything_into_one_pack_and_keeps_every_memory() {
+    let h = TestHome::init();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(h.remember(&[&format!("memory {i}")]));
+    }
+    let lines: String = (0..12)
+        .map(|i| format!("{{\"content\": \"imported {i}\"}}\n"))
+        .collect();
+    h.run_stdin(&["import", "-", "--batch", "3"], &lines).ok();
+    let v = gc_json(&h, &["--grace", "0s"]);
+    assert!(v["before"]["packs"].as_u64().unwrap() >= 4, "{v}");
+    assert!(v["before"]["loose"].as_u64().unwrap() >= 30, "{v}");
+    assert_eq!(v["after"]["packs"], 1, "{v}");
+    assert_eq!(v["after"]["loose"], 0, "{v}");
+    assert_eq!(v["pruned"], true, "{v}");
+    assert!(v["elapsed_ms"].as_f64().is_some(), "{v}");
+    h.run(&["verify"]).ok();
+    let held: BTreeSet<String> = h.recall_ids(&["--limit", "100"]).into_iter().collect();
+    assert_eq!(held.len(), 18);
+    for id in &ids {
+        assert!(held.contains(id));
+    }
+    // The summary line, for people.
+    let r = h.run(&["gc"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.starts_with("gc: 1 packs and 0 loose objects"),
+        "{}",
+        r.stderr
+    );
+    // No repository: the usual exit code.
+    TestHome::new().run(&["gc"]).fails_with(3);
+}
+
+#[test]
+fn remember_beside_repeated_gc_loses_nothing() {
+    let h = TestHome::init();
+    h.remember(&["seed"]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (ids, runs) = std::thread::scope(|s| {
+        let gc = s.spawn(|| {
+            let mut n = 0;
+            // Bounded: the writer ends long before.
+            while !done.load(std::sync::atomic::Ordering::SeqCst) && n < 300 {
+                let r = h.run(&["gc", "--grace", "0s"]);
+                assert_eq!(r.code, 0, "{}", r.stderr);
+                n += 1;
+            }
+            n
+        });
+        let mut ids = Vec::new();
+        for i in 0..25 {
+            ids.push(h.remember(&[&format!("beside gc {i}")]));
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (ids, gc.join().unwrap())
+    });
+    assert!(runs >= 2, "gc ran {runs} times");
+    h.run(&["verify"]).ok();
+    let held: BTreeSet<String> = h.recall_ids(&["--limit", "100"]).into_iter().collect();
+    for id in &ids {
+        assert!(held.contains(id), "memory {id} lost");
+    }
+    assert_eq!(held.len(), 26);
+}
+
+#[test]
+fn serve_runs_maintenance_on_its_schedule() {
+    let h = TestHome::init();
+    for i in 0..4 {
+        h.remember(&[&format!("before serve {i}")]);
+    }
+    let lines: String = (0..6)
+        .map(|i| format!("{{\"content\": \"imported {i}\"}}\n"))
+        .collect();
+    h.run_stdin(&["import", "-", "--batch", "2"], &lines).ok();
+    let repo = h.repo();
+    let counts = |repo: &Path| {
+        let files = object_files(repo);
+        let packs = files.iter().filter(|f| f.ends_with(".pack")).count();
+        let loose = files
+            .iter()
+            .filter(|f| !f.starts_with("pack/") && !f.starts_with("info/"))
+            .count();
+        (packs, loose)
+    };
+    assert!(counts(&repo).0 >= 3);
+    let serve = Serve::start(
+        &h,
+        &[
+            "--no-dial",
+            "--gc-interval",
+            "300ms",
+            "--gc-min-packs",
+            "2",
+            "--gc-min-loose",
+            "10",
+        ],
+    );
+    assert!(
+        wait_until(30, || counts(&repo) == (1, 0)),
+        "not repacked: {:?}\n{}",
+        counts(&repo),
+        serve.log()
+    );
+    assert!(
+        wait_until(10, || serve.log().contains("repository maintenance done")),
+        "{}",
+        serve.log()
+    );
+    // Below the thresholds it leaves the repository alone.
+    h.remember(&["while serving"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(counts(&repo).1, 5, "{}", serve.log());
+    assert_eq!(serve.terminate(), 0);
+    h.run(&["verify"]).ok();
+    assert_eq!(h.recall_ids(&["--limit", "100"]).len(), 11);
 }

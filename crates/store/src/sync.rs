@@ -218,6 +218,23 @@ fn reader_thread(
 }
 
 impl Store {
+    /// [`Store::run_git`] without input, failing when git does.
+    pub(crate) fn git_checked(
+        &self,
+        what: &str,
+        args: &[OsString],
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let out = self.run_git(what, args, None, timeout)?;
+        if !out.status.success() {
+            return Err(StoreError::GitCommand {
+                command: what.to_string(),
+                message: out.stderr_text(),
+            });
+        }
+        Ok(())
+    }
+
     /// Runs `git --git-dir <repo> <args>`, killing it after `timeout`.
     /// `what` names the command in errors. Never prompts for credentials.
     fn run_git(
