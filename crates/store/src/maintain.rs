@@ -1,6 +1,6 @@
-//! Repository maintenance: many small packs (one per import batch, one per
-//! ingest) and loose objects (five per `remember`) are repacked into one
-//! pack, and objects nothing points at are dropped once older than a grace
+//! Repository maintenance: many small packs (one per `remember`, per import
+//! batch, per ingest) and loose objects (an import's trees and commits) are
+//! repacked into one pack, and objects nothing points at are dropped once older than a grace
 //! period.
 //!
 //! [`Store::gc`] runs system git (`git repack -d -l --cruft`, then `git

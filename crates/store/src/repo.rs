@@ -106,6 +106,12 @@ pub(crate) fn sync_object_dirs(git_dir: &Path) -> Result<(), StoreError> {
     sync_dir(&objects.join("pack"))
 }
 
+/// Whether the directory that holds `refname` exists (when it does not, the
+/// ref's write creates it: call [`sync_ref_dirs`] after).
+pub(crate) fn ref_dir_exists(git_dir: &Path, refname: &str) -> bool {
+    git_dir.join(refname).parent().is_some_and(|d| d.is_dir())
+}
+
 /// Syncs the directories above the one holding `refname`, from `refs/`
 /// down (libgit2 syncs only the ref's own directory, which a first write
 /// may have created, e.g. `refs/heads/users/`).
@@ -297,6 +303,8 @@ impl Store {
                 &format!("import {} memories", chunk.len()),
             )?;
             if let Some((commit, old)) = new_tip {
+                // The pack was synced when written; the trees and the
+                // commit are loose (new fan-out directories in objects/).
                 tip = Some(move_ref(
                     repo,
                     identity,
@@ -304,6 +312,7 @@ impl Store {
                     old,
                     &blobs,
                     &format!("import {} memories", chunk.len()),
+                    &|| sync_object_dirs(repo.path()),
                 )?);
             }
             done += chunk.len();
@@ -559,6 +568,8 @@ fn build_commit(
 
 /// Moves `identity`'s branch from `old` to `commit`; when another writer moved
 /// it first, rebuilds the commit on the new tip and tries again.
+/// `persist` makes the objects just built durable; it runs before every
+/// attempt to move the ref (a retry builds new objects).
 fn move_ref(
     repo: &Repository,
     identity: &Identity,
@@ -566,20 +577,24 @@ fn move_ref(
     mut old: Option<Oid>,
     blobs: &[BlobEntry],
     message: &str,
+    persist: &dyn Fn() -> Result<(), StoreError>,
 ) -> Result<Oid, StoreError> {
     let refname = branch_name(&identity.public_key());
     remove_stale_ref_lock(repo, &refname);
     for attempt in 0..MAX_CAS_ATTEMPTS {
         // The objects first: a ref that survives a power loss must not
         // point at objects that did not.
-        sync_object_dirs(repo.path())?;
+        persist()?;
+        let new_dir = !ref_dir_exists(repo.path(), &refname);
         let res = match old {
             Some(o) => repo.reference_matching(&refname, commit, true, o, message),
             None => repo.reference(&refname, commit, false, message),
         };
         match res {
             Ok(_) => {
-                sync_ref_dirs(repo.path(), &refname)?;
+                if new_dir {
+                    sync_ref_dirs(repo.path(), &refname)?;
+                }
                 return Ok(commit);
             }
             Err(e)
@@ -663,13 +678,35 @@ pub(crate) fn append_to(
 ) -> Result<Oid, StoreError> {
     check_owner(identity, memories)?;
     let _lock = WriteLock::acquire(repo)?;
+    // The blob, trees and commit are built in memory (a mempack backend
+    // in front of the object database, on a handle of our own so that it
+    // never stays on the caller's) and written as one pack: two files to
+    // fsync (pack and index) instead of five loose objects, each with its
+    // directory. Repository maintenance (`Store::gc`) merges the packs.
+    let repo = &Repository::open_bare(repo.path())?;
+    let odb = repo.odb()?;
+    let mempack = odb.add_new_mempack_backend(1000)?;
+    let persist = || -> Result<(), StoreError> {
+        let mut buf = git2::Buf::new();
+        mempack.dump(repo, &mut buf)?;
+        // An empty pack still has a header and a trailer.
+        if buf.len() > 32 {
+            let mut w = odb.packwriter()?;
+            std::io::Write::write_all(&mut w, &buf).map_err(|e| {
+                StoreError::Git(git2::Error::from_str(&format!("writing pack: {e}")))
+            })?;
+            w.commit()?;
+        }
+        mempack.reset()?;
+        Ok(())
+    };
     let oids = memories
         .iter()
         .map(|m| repo.blob(&m.to_json()))
         .collect::<Result<Vec<_>, _>>()?;
     let blobs = blob_entries(memories, &oids);
     match append_objects(repo, identity, &blobs, message)? {
-        Some((commit, old)) => move_ref(repo, identity, commit, old, &blobs, message),
+        Some((commit, old)) => move_ref(repo, identity, commit, old, &blobs, message, &persist),
         None => repo
             .refname_to_id(&branch_name(&identity.public_key()))
             .map_err(Into::into),

@@ -533,11 +533,12 @@ impl Store {
                 continue;
             }
             q.migrate(self)?;
+            let new_dir = !crate::repo::ref_dir_exists(repo.path(), &refname);
             let res = match old {
                 Some(o) => repo.reference_matching(&refname, new, true, o, &msg),
                 None => repo.reference(&refname, new, false, &msg),
             };
-            if res.is_ok() {
+            if res.is_ok() && new_dir {
                 crate::repo::sync_ref_dirs(repo.path(), &refname)?;
             }
             drop(lock);

@@ -68,7 +68,7 @@ pub struct Args {
     /// Maintenance runs when the repository has more than this many packs...
     #[arg(long, default_value_t = 50, value_name = "N")]
     pub gc_min_packs: usize,
-    /// ...or more than this many loose objects (about five per `remember`)
+    /// ...or more than this many loose objects (an import writes its trees and commits loose)
     #[arg(long, default_value_t = 6700, value_name = "N")]
     pub gc_min_loose: usize,
     /// Maintenance keeps unreachable objects younger than this
