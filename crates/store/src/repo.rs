@@ -312,7 +312,7 @@ impl Store {
                     old,
                     &blobs,
                     &format!("import {} memories", chunk.len()),
-                    &|| sync_object_dirs(repo.path()),
+                    &|_, _| sync_object_dirs(repo.path()),
                 )?);
             }
             done += chunk.len();
@@ -568,6 +568,9 @@ fn build_commit(
 
 /// Moves `identity`'s branch from `old` to `commit`; when another writer moved
 /// it first, rebuilds the commit on the new tip and tries again.
+/// Makes the objects of a commit just built (and its blobs) durable.
+type Persist<'a> = dyn Fn(Oid, &[BlobEntry]) -> Result<(), StoreError> + 'a;
+
 /// `persist` makes the objects just built durable; it runs before every
 /// attempt to move the ref (a retry builds new objects).
 fn move_ref(
@@ -577,14 +580,14 @@ fn move_ref(
     mut old: Option<Oid>,
     blobs: &[BlobEntry],
     message: &str,
-    persist: &dyn Fn() -> Result<(), StoreError>,
+    persist: &Persist,
 ) -> Result<Oid, StoreError> {
     let refname = branch_name(&identity.public_key());
     remove_stale_ref_lock(repo, &refname);
     for attempt in 0..MAX_CAS_ATTEMPTS {
         // The objects first: a ref that survives a power loss must not
         // point at objects that did not.
-        persist()?;
+        persist(commit, blobs)?;
         let new_dir = !ref_dir_exists(repo.path(), &refname);
         let res = match old {
             Some(o) => repo.reference_matching(&refname, commit, true, o, message),
@@ -686,17 +689,13 @@ pub(crate) fn append_to(
     let repo = &Repository::open_bare(repo.path())?;
     let odb = repo.odb()?;
     let mempack = odb.add_new_mempack_backend(1000)?;
-    let persist = || -> Result<(), StoreError> {
-        let mut buf = git2::Buf::new();
-        mempack.dump(repo, &mut buf)?;
-        // An empty pack still has a header and a trailer.
-        if buf.len() > 32 {
-            let mut w = odb.packwriter()?;
-            std::io::Write::write_all(&mut w, &buf).map_err(|e| {
-                StoreError::Git(git2::Error::from_str(&format!("writing pack: {e}")))
-            })?;
-            w.commit()?;
-        }
+    let persist = |commit: Oid, blobs: &[BlobEntry]| -> Result<(), StoreError> {
+        let new = new_objects(repo, commit, blobs)?;
+        let objects: Vec<git2::OdbObject> =
+            new.iter().map(|o| odb.read(*o)).collect::<Result<_, _>>()?;
+        let raw: Vec<(ObjectType, &[u8])> = objects.iter().map(|o| (o.kind(), o.data())).collect();
+        crate::pack::write_pack(repo, &raw)?;
+        drop(objects);
         mempack.reset()?;
         Ok(())
     };
@@ -711,6 +710,31 @@ pub(crate) fn append_to(
             .refname_to_id(&branch_name(&identity.public_key()))
             .map_err(Into::into),
     }
+}
+
+/// The objects a commit made by [`build_commit`] adds: the commit, its root
+/// tree, `memories/`, the shard trees of `blobs`, and the blobs.
+fn new_objects(
+    repo: &Repository,
+    commit: Oid,
+    blobs: &[BlobEntry],
+) -> Result<Vec<Oid>, StoreError> {
+    let c = repo.find_commit(commit)?;
+    let root = c.tree()?;
+    let mut out = vec![commit, root.id()];
+    if let Some(mem) = subtree(repo, &root, "memories")? {
+        out.push(mem.id());
+        let mut shards: Vec<&str> = blobs.iter().map(|(s, _, _)| s.as_str()).collect();
+        shards.sort();
+        shards.dedup();
+        for s in shards {
+            if let Some(e) = mem.get_name(s) {
+                out.push(e.id());
+            }
+        }
+    }
+    out.extend(blobs.iter().map(|(_, _, oid)| *oid));
+    Ok(out)
 }
 
 /// Reads a blob of at most `max` bytes (the size is checked before reading).
