@@ -9,9 +9,9 @@
 //!  3. `mmogit gc --grace 0s`, timed once; packs and loose objects before/after.
 //!  4. The same measurements after gc.
 //!  5. `mmogit remember` with about N memories present, RUNS times with
-//!     fsync (the default) and RUNS times without (MMOGIT_BENCH_NO_FSYNC=1,
-//!     what remember did before issue 15), interleaved so that both see the
-//!     same load.
+//!     fsync (the default) and RUNS times without (MMOGIT_BENCH_NO_FSYNC=1:
+//!     the same code with every fsync skipped, which is what the fsyncs
+//!     cost), interleaved so that both see the same load.
 //!
 //! Run: `cargo bench -p mmogit --bench maintenance`
 //!   MMOGIT_BENCH_N      memories (default 10000)
@@ -251,7 +251,7 @@ fn main() {
         "–",
     );
     row(
-        &format!("remember, whole process, ~{n} memories (before: no fsync; after: fsync)"),
+        &format!("remember, whole process, ~{n} memories (before: fsync off; after: fsync on)"),
         without,
         with,
         "≤ 15 ms median",
