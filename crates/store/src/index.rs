@@ -214,7 +214,15 @@ fn save(path: &Path, file: &IndexFile) {
         let dir = path.parent().expect("index path has a parent");
         std::fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(".recall-index.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec(file)?)?;
+        // fsynced before the rename: after a power loss the file is the
+        // old index or the new one, never an empty or partial one. (Either
+        // is safe: a part is only used for the tip it records.)
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &serde_json::to_vec(file)?)?;
+        if crate::repo::durable_writes() {
+            f.sync_all()?;
+        }
+        drop(f);
         std::fs::rename(&tmp, path)
     };
     if let Err(e) = write() {

@@ -8,6 +8,7 @@
 
 mod bundle;
 mod index;
+mod maintain;
 mod memory;
 mod pack;
 mod packidx;
@@ -19,6 +20,7 @@ mod sync;
 mod verify;
 
 pub use bundle::{Bundle, BundleError, BundleWriter, BUNDLE_SIGNATURE, INCOMING_DIR};
+pub use maintain::{GcReport, ObjectCounts, DEFAULT_GC_GRACE, DEFAULT_GC_TIMEOUT};
 pub use memory::{
     format_time, memory_path, parse_time, signing_bytes, MemoryType, NewMemory, UnverifiedMemory,
     VerifiedMemory, FORMAT_VERSION, MAX_CONTENT_BYTES, MAX_MEMORY_FILE_BYTES, MAX_TAGS,
@@ -26,7 +28,7 @@ pub use memory::{
 };
 pub use quarantine::{Quarantine, QUARANTINE_DIR};
 pub use query::{Filter, RecallKey, RecallResult, Warning};
-pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX};
+pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX, NO_FSYNC_ENV};
 pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
 pub use sync::{
     BranchIngest, BundleInfo, Incoming, IngestReport, IngestStatus, DEFAULT_BUNDLE_TIMEOUT,

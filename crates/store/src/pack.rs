@@ -8,6 +8,8 @@ use sha1::{Digest, Sha1};
 
 use crate::StoreError;
 
+const OBJ_COMMIT: u8 = 1;
+const OBJ_TREE: u8 = 2;
 const OBJ_BLOB: u8 = 3;
 
 pub(crate) fn object_header(out: &mut Vec<u8>, kind: u8, mut size: usize) {
@@ -70,15 +72,40 @@ pub(crate) fn write_blob_pack(
     repo: &Repository,
     blobs: &[Vec<u8>],
 ) -> Result<Vec<Oid>, StoreError> {
-    let mut pack = Vec::with_capacity(12 + blobs.iter().map(|b| b.len() / 2 + 16).sum::<usize>());
+    let objects: Vec<(ObjectType, &[u8])> = blobs
+        .iter()
+        .map(|b| (ObjectType::Blob, b.as_slice()))
+        .collect();
+    write_pack(repo, &objects)
+}
+
+/// Stores `objects` (blobs, trees, commits) in the repository as one pack
+/// without deltas (indexed, and with fsync on synced, by libgit2) and
+/// returns their ids, in order.
+pub(crate) fn write_pack(
+    repo: &Repository,
+    objects: &[(ObjectType, &[u8])],
+) -> Result<Vec<Oid>, StoreError> {
+    let mut pack =
+        Vec::with_capacity(12 + objects.iter().map(|(_, b)| b.len() / 2 + 16).sum::<usize>());
     pack.extend_from_slice(b"PACK");
     pack.extend_from_slice(&2u32.to_be_bytes());
-    pack.extend_from_slice(&(blobs.len() as u32).to_be_bytes());
-    let mut ids = Vec::with_capacity(blobs.len());
+    pack.extend_from_slice(&(objects.len() as u32).to_be_bytes());
+    let mut ids = Vec::with_capacity(objects.len());
     let mut z = Deflater::new();
-    for data in blobs {
-        ids.push(Oid::hash_object(ObjectType::Blob, data)?);
-        object_header(&mut pack, OBJ_BLOB, data.len());
+    for (kind, data) in objects {
+        let code = match kind {
+            ObjectType::Commit => OBJ_COMMIT,
+            ObjectType::Tree => OBJ_TREE,
+            ObjectType::Blob => OBJ_BLOB,
+            other => {
+                return Err(StoreError::Git(git2::Error::from_str(&format!(
+                    "cannot pack a {other:?}"
+                ))))
+            }
+        };
+        ids.push(Oid::hash_object(*kind, data)?);
+        object_header(&mut pack, code, data.len());
         z.append(data, &mut pack)
             .map_err(|e| StoreError::Git(git2::Error::from_str(&format!("compressing: {e}"))))?;
     }

@@ -162,6 +162,7 @@ impl Quarantine {
         };
         packs.retain(|p| rank(p).is_some());
         packs.sort_by_key(|p| rank(p));
+        let mut synced = Vec::new();
         for p in packs {
             let to = dst_pack.join(p.file_name().expect("a file in a directory"));
             move_file(&p, &to)?;
@@ -181,7 +182,15 @@ impl Quarantine {
                 {
                     move_file(&o.path(), &to_dir.join(o.file_name()))?;
                 }
+                synced.push(to_dir);
             }
+        }
+        // The renames are entries of these directories: durable before a
+        // ref points at the objects (the files themselves were fsynced when
+        // written, by libgit2 or by git with core.fsync).
+        crate::repo::sync_object_dirs(into.path())?;
+        for d in &synced {
+            crate::repo::sync_dir(d)?;
         }
         into.git().odb()?.refresh()?;
         self.migrated.set(true);

@@ -84,10 +84,87 @@ pub(crate) enum Change {
     Foreign { path: String, reason: String },
 }
 
+/// Environment variable that turns fsync off (see [`durable_writes`]): for
+/// benchmarks that compare with and without it in one run, never for use.
+pub const NO_FSYNC_ENV: &str = "MMOGIT_BENCH_NO_FSYNC";
+
+/// Makes every libgit2 write of this process durable before it returns:
+/// loose objects and packs (with their index) are fsynced and so is their
+/// directory after the rename into place; ref files likewise (libgit2's
+/// `GIT_OPT_ENABLE_FSYNC_GITDIR`, process-wide). Directories libgit2 creates
+/// without syncing their parent (a new `objects/xx`, `refs/heads/users`)
+/// are synced by [`sync_object_dirs`] and [`sync_ref_dirs`]. Called by
+/// every way of opening a store. `MMOGIT_BENCH_NO_FSYNC=1` turns it off, for
+/// the benchmark that measures what it costs.
+pub(crate) fn durable_writes() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        if std::env::var_os(NO_FSYNC_ENV).is_some_and(|v| v == "1") {
+            tracing::warn!("{NO_FSYNC_ENV}=1: writes are not fsynced (benchmarks only)");
+            return false;
+        }
+        // Initialises libgit2 (the option below is a plain global).
+        git2::opts::enable_caching(true);
+        // SAFETY: GIT_OPT_ENABLE_FSYNC_GITDIR takes one int argument.
+        let rc = unsafe {
+            libgit2_sys::git_libgit2_opts(
+                libgit2_sys::GIT_OPT_ENABLE_FSYNC_GITDIR as std::ffi::c_int,
+                1 as std::ffi::c_int,
+            )
+        };
+        if rc != 0 {
+            tracing::warn!(rc, "libgit2 refused to enable fsync");
+            return false;
+        }
+        true
+    })
+}
+
+/// fsyncs directory `dir`, so that the names created in it (a renamed
+/// object, pack or ref, a new subdirectory) survive a power loss.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    if !durable_writes() {
+        return Ok(());
+    }
+    let io = |source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::File::open(dir).map_err(io)?.sync_all().map_err(io)
+}
+
+/// Syncs `objects/` and `objects/pack/` (new fan-out directories and packs
+/// are entries there), before a ref points at what was written.
+pub(crate) fn sync_object_dirs(git_dir: &Path) -> Result<(), StoreError> {
+    let objects = git_dir.join("objects");
+    sync_dir(&objects)?;
+    sync_dir(&objects.join("pack"))
+}
+
+/// Whether the directory that holds `refname` exists (when it does not, the
+/// ref's write creates it: call [`sync_ref_dirs`] after).
+pub(crate) fn ref_dir_exists(git_dir: &Path, refname: &str) -> bool {
+    git_dir.join(refname).parent().is_some_and(|d| d.is_dir())
+}
+
+/// Syncs the directories above the one holding `refname`, from `refs/`
+/// down (libgit2 syncs only the ref's own directory, which a first write
+/// may have created, e.g. `refs/heads/users/`).
+pub(crate) fn sync_ref_dirs(git_dir: &Path, refname: &str) -> Result<(), StoreError> {
+    let mut dir = git_dir.to_path_buf();
+    let parts: Vec<&str> = refname.split('/').collect();
+    for p in &parts[..parts.len().saturating_sub(2)] {
+        dir.push(p);
+        sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens an existing repository.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         set_pack_limits();
+        durable_writes();
         match Repository::open_bare(path) {
             Ok(repo) => Ok(Store {
                 repo,
@@ -104,6 +181,7 @@ impl Store {
     /// Never touches an existing repository's content.
     pub fn open_or_init(path: &Path) -> Result<Store, StoreError> {
         set_pack_limits();
+        durable_writes();
         if path.join("HEAD").exists() {
             return Self::open(path);
         }
@@ -262,6 +340,8 @@ impl Store {
                 &format!("import {} memories", chunk.len()),
             )?;
             if let Some((commit, old)) = new_tip {
+                // The pack was synced when written; the trees and the
+                // commit are loose (new fan-out directories in objects/).
                 tip = Some(move_ref(
                     repo,
                     identity,
@@ -269,6 +349,7 @@ impl Store {
                     old,
                     &blobs,
                     &format!("import {} memories", chunk.len()),
+                    &|_, _| sync_object_dirs(repo.path()),
                 )?);
             }
             done += chunk.len();
@@ -524,6 +605,11 @@ fn build_commit(
 
 /// Moves `identity`'s branch from `old` to `commit`; when another writer moved
 /// it first, rebuilds the commit on the new tip and tries again.
+/// Makes the objects of a commit just built (and its blobs) durable.
+type Persist<'a> = dyn Fn(Oid, &[BlobEntry]) -> Result<(), StoreError> + 'a;
+
+/// `persist` makes the objects just built durable; it runs before every
+/// attempt to move the ref (a retry builds new objects).
 fn move_ref(
     repo: &Repository,
     identity: &Identity,
@@ -531,16 +617,26 @@ fn move_ref(
     mut old: Option<Oid>,
     blobs: &[BlobEntry],
     message: &str,
+    persist: &Persist,
 ) -> Result<Oid, StoreError> {
     let refname = branch_name(&identity.public_key());
     remove_stale_ref_lock(repo, &refname);
     for attempt in 0..MAX_CAS_ATTEMPTS {
+        // The objects first: a ref that survives a power loss must not
+        // point at objects that did not.
+        persist(commit, blobs)?;
+        let new_dir = !ref_dir_exists(repo.path(), &refname);
         let res = match old {
             Some(o) => repo.reference_matching(&refname, commit, true, o, message),
             None => repo.reference(&refname, commit, false, message),
         };
         match res {
-            Ok(_) => return Ok(commit),
+            Ok(_) => {
+                if new_dir {
+                    sync_ref_dirs(repo.path(), &refname)?;
+                }
+                return Ok(commit);
+            }
             Err(e)
                 if matches!(
                     e.code(),
@@ -622,17 +718,60 @@ pub(crate) fn append_to(
 ) -> Result<Oid, StoreError> {
     check_owner(identity, memories)?;
     let _lock = WriteLock::acquire(repo)?;
+    // The blob, trees and commit are built in memory (a mempack backend
+    // in front of the object database, on a handle of our own so that it
+    // never stays on the caller's) and written as one pack: two files to
+    // fsync (pack and index) instead of five loose objects, each with its
+    // directory. Repository maintenance (`Store::gc`) merges the packs.
+    let repo = &Repository::open_bare(repo.path())?;
+    let odb = repo.odb()?;
+    let mempack = odb.add_new_mempack_backend(1000)?;
+    let persist = |commit: Oid, blobs: &[BlobEntry]| -> Result<(), StoreError> {
+        let new = new_objects(repo, commit, blobs)?;
+        let objects: Vec<git2::OdbObject> =
+            new.iter().map(|o| odb.read(*o)).collect::<Result<_, _>>()?;
+        let raw: Vec<(ObjectType, &[u8])> = objects.iter().map(|o| (o.kind(), o.data())).collect();
+        crate::pack::write_pack(repo, &raw)?;
+        drop(objects);
+        mempack.reset()?;
+        Ok(())
+    };
     let oids = memories
         .iter()
         .map(|m| repo.blob(&m.to_json()))
         .collect::<Result<Vec<_>, _>>()?;
     let blobs = blob_entries(memories, &oids);
     match append_objects(repo, identity, &blobs, message)? {
-        Some((commit, old)) => move_ref(repo, identity, commit, old, &blobs, message),
+        Some((commit, old)) => move_ref(repo, identity, commit, old, &blobs, message, &persist),
         None => repo
             .refname_to_id(&branch_name(&identity.public_key()))
             .map_err(Into::into),
     }
+}
+
+/// The objects a commit made by [`build_commit`] adds: the commit, its root
+/// tree, `memories/`, the shard trees of `blobs`, and the blobs.
+fn new_objects(
+    repo: &Repository,
+    commit: Oid,
+    blobs: &[BlobEntry],
+) -> Result<Vec<Oid>, StoreError> {
+    let c = repo.find_commit(commit)?;
+    let root = c.tree()?;
+    let mut out = vec![commit, root.id()];
+    if let Some(mem) = subtree(repo, &root, "memories")? {
+        out.push(mem.id());
+        let mut shards: Vec<&str> = blobs.iter().map(|(s, _, _)| s.as_str()).collect();
+        shards.sort();
+        shards.dedup();
+        for s in shards {
+            if let Some(e) = mem.get_name(s) {
+                out.push(e.id());
+            }
+        }
+    }
+    out.extend(blobs.iter().map(|(_, _, oid)| *oid));
+    Ok(out)
 }
 
 /// Reads a blob of at most `max` bytes (the size is checked before reading).

@@ -384,10 +384,13 @@ fn open_db(path: &Path) -> Result<Connection, Fail> {
     // Deleted rows (a private memory's decrypted text among them) are
     // overwritten, not left in free pages.
     conn.execute_batch(
-        // No fsync: the index is derived data. A crash of the process cannot
-        // damage it (WAL); a power loss might, and a corrupt index is rebuilt,
-        // a stale one brought up to date, and every hit is checked in git.
-        "PRAGMA synchronous=OFF; PRAGMA temp_store=MEMORY; PRAGMA secure_delete=ON;",
+        // WAL with synchronous=NORMAL: no fsync per transaction, but the
+        // WAL is synced before each checkpoint, so a power loss can only
+        // lose the last updates (and the tips they were made for: they are
+        // redone), never leave a damaged index. (With OFF a power loss could
+        // leave one that looks whole and silently misses memories.) Every
+        // hit is checked in git anyway.
+        "PRAGMA synchronous=NORMAL; PRAGMA temp_store=MEMORY; PRAGMA secure_delete=ON;",
     )?;
     Ok(conn)
 }

@@ -218,6 +218,23 @@ fn reader_thread(
 }
 
 impl Store {
+    /// [`Store::run_git`] without input, failing when git does.
+    pub(crate) fn git_checked(
+        &self,
+        what: &str,
+        args: &[OsString],
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let out = self.run_git(what, args, None, timeout)?;
+        if !out.status.success() {
+            return Err(StoreError::GitCommand {
+                command: what.to_string(),
+                message: out.stderr_text(),
+            });
+        }
+        Ok(())
+    }
+
     /// Runs `git --git-dir <repo> <args>`, killing it after `timeout`.
     /// `what` names the command in errors. Never prompts for credentials.
     fn run_git(
@@ -232,6 +249,9 @@ impl Store {
             .arg(self.path())
             .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
             .args(["-c", "protocol.ext.allow=never"])
+            // What git writes here (fetched objects, repacked packs) is
+            // fsynced as libgit2's writes are (see `repo::durable_writes`).
+            .args(["-c", "core.fsync=all", "-c", "core.fsyncMethod=fsync"])
             .args(args)
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LC_ALL", "C");
@@ -500,10 +520,11 @@ impl Store {
                 return Ok(out);
             }
             let msg = format!("sync: verified {} memories", verified.memories);
-            q.migrate(self)?;
             let repo = self.git();
             // Writers queue on the repository lock; the compare-and-swap
-            // below is the second guard.
+            // below is the second guard. Moving the quarantine's objects in
+            // is a write too: under the lock, repository maintenance
+            // (`Store::gc`) never runs meanwhile.
             let lock = WriteLock::acquire(repo)?;
             crate::repo::remove_stale_ref_lock(repo, &refname);
             if self.tip(&author)? != old {
@@ -511,10 +532,15 @@ impl Store {
                 tracing::debug!(attempt, branch = %branch, "branch moved while verifying, checking again");
                 continue;
             }
+            q.migrate(self)?;
+            let new_dir = !crate::repo::ref_dir_exists(repo.path(), &refname);
             let res = match old {
                 Some(o) => repo.reference_matching(&refname, new, true, o, &msg),
                 None => repo.reference(&refname, new, false, &msg),
             };
+            if res.is_ok() && new_dir {
+                crate::repo::sync_ref_dirs(repo.path(), &refname)?;
+            }
             drop(lock);
             match res {
                 Ok(_) => {
@@ -572,6 +598,8 @@ impl Store {
             tracing::info!(author = %author.short(12), "rewritten history not kept: it does not verify");
             return Ok(None);
         }
+        // Under the repository lock, as every write of objects and refs.
+        let _lock = WriteLock::acquire(self.git())?;
         q.migrate(self)?;
         let base = format!("{prefix}{}", unix_now());
         for n in 0..1000 {
@@ -590,7 +618,10 @@ impl Store {
                 .git()
                 .reference(&name, tip, false, "refused rewritten history")
             {
-                Ok(_) => return Ok(Some(name)),
+                Ok(_) => {
+                    crate::repo::sync_ref_dirs(self.git().path(), &name)?;
+                    return Ok(Some(name));
+                }
                 Err(e) if e.code() == ErrorCode::Exists => continue,
                 Err(e) => return Err(e.into()),
             }

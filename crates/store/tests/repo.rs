@@ -170,7 +170,7 @@ fn import_writes_packs_and_batches() {
                 .is_some_and(|x| x == "pack")
         })
         .count();
-    assert_eq!(packs, 3, "one blob pack per batch");
+    assert_eq!(packs, 4, "one blob pack per batch, and the remember's pack");
     // Importing the same memories again adds nothing.
     store.import(&id, &mems, 100, |_| {}).unwrap();
     assert_eq!(store.verify_all().unwrap().commits, 4);

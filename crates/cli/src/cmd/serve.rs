@@ -71,6 +71,18 @@ pub struct Args {
     /// Most unknown keys kept as pending (`mmogit p2p pending`); beyond that the least recently seen are dropped
     #[arg(long, default_value_t = mmogit_node::DEFAULT_MAX_PENDING, value_name = "N")]
     pub max_pending: usize,
+    /// How often to check whether the repository needs maintenance (`mmogit gc`); 0s turns it off
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub gc_interval: Duration,
+    /// Maintenance runs when the repository has more than this many packs...
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub gc_min_packs: usize,
+    /// ...or more than this many loose objects (an import writes its trees and commits loose)
+    #[arg(long, default_value_t = 6700, value_name = "N")]
+    pub gc_min_loose: usize,
+    /// Maintenance keeps unreachable objects younger than this
+    #[arg(long, default_value = "14days", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub gc_grace: Duration,
     /// Bundle bytes per GitBundle chunk (at most 7M; smaller for tests)
     #[arg(long, hide = true, value_parser = crate::cmd::sync::parse_size)]
     pub chunk_size: Option<u64>,
@@ -131,6 +143,15 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("listening on {}", args.listen))?;
         let addr = node.local_addr();
         let replicator = tokio::spawn(Replicator::new(rcfg).run(inbox_rx, node.sender()));
+        let maintenance = (!args.gc_interval.is_zero()).then(|| {
+            tokio::spawn(maintenance(
+                ctx.home.repo_path(),
+                args.gc_interval,
+                args.gc_min_packs,
+                args.gc_min_loose,
+                args.gc_grace,
+            ))
+        });
         // The one line on stdout: scripts read the bound port from it.
         println!("listening on {addr} as {}", identity.public_key());
         info!(%addr, pubkey = %identity.public_key().short(12), "serving");
@@ -166,9 +187,51 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         node.shutdown().await;
         replicator.abort();
         logger.abort();
+        // A maintenance run in progress finishes (the runtime waits for it).
+        if let Some(m) = maintenance {
+            m.abort();
+        }
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every `interval`, repository maintenance (`mmogit gc`) when the
+/// repository has more than `packs` packs or `loose` loose objects. It takes
+/// the repository write lock, so ingests and local writers wait for it.
+async fn maintenance(
+    repo: std::path::PathBuf,
+    interval: Duration,
+    packs: usize,
+    loose: usize,
+    grace: Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let repo = repo.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let store = mmogit_store::Store::open(&repo)?;
+            if !store.needs_gc(packs, loose) {
+                return Ok(None);
+            }
+            store.gc(grace, mmogit_store::DEFAULT_GC_TIMEOUT).map(Some)
+        })
+        .await;
+        match res {
+            Ok(Ok(Some(r))) => info!(
+                packs_before = r.before.packs,
+                loose_before = r.before.loose,
+                packs_after = r.after.packs,
+                loose_after = r.after.loose,
+                elapsed_ms = r.elapsed.as_millis() as u64,
+                live_quarantines = r.live_quarantines,
+                "repository maintenance done"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => warn!(error = %e, "repository maintenance failed"),
+            Err(e) => warn!(error = %e, "repository maintenance task failed"),
+        }
+    }
 }
 
 /// mDNS discovery unless turned off; serve goes on without it when it cannot start.
