@@ -14,7 +14,6 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::quarantine::QUARANTINE_DIR;
@@ -109,7 +108,7 @@ impl Store {
         let started = Instant::now();
         let _lock = WriteLock::acquire(self.git())?;
         let before = self.object_counts();
-        let (live, abandoned) = sweep_quarantines(&self.path().join(QUARANTINE_DIR));
+        let (live, abandoned) = crate::quarantine::sweep(&self.path().join(QUARANTINE_DIR));
         let expire = if live > 0 {
             tracing::info!(
                 live,
@@ -160,36 +159,4 @@ impl Store {
         let c = self.object_counts();
         c.packs > packs || c.loose > loose
     }
-}
-
-/// Removes the quarantines under `root` whose lock is free (left by a killed
-/// ingest) and counts those in use. Returns (live, removed).
-fn sweep_quarantines(root: &Path) -> (usize, usize) {
-    let Ok(rd) = fs::read_dir(root) else {
-        return (0, 0);
-    };
-    let (mut live, mut removed) = (0, 0);
-    for e in rd.filter_map(|e| e.ok()) {
-        let path = e.path();
-        if !path.is_dir() {
-            continue;
-        }
-        let lock_path = path.with_extension("lock");
-        let lock = fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path);
-        match lock {
-            Ok(lock) if lock.try_lock().is_ok() => {
-                if fs::remove_dir_all(&path).is_ok() {
-                    let _ = fs::remove_file(&lock_path);
-                    removed += 1;
-                }
-            }
-            // Held by a running ingest (or unreadable: keep it, to be safe).
-            _ => live += 1,
-        }
-    }
-    (live, removed)
 }

@@ -56,7 +56,7 @@ impl Store {
     pub(crate) fn create_quarantine(&self, tag: &str) -> Result<Quarantine, StoreError> {
         let root = self.path().join(QUARANTINE_DIR);
         fs::create_dir_all(&root).map_err(io(&root))?;
-        let removed = remove_abandoned(&root);
+        let (_, removed) = sweep(&root);
         if removed > 0 {
             tracing::info!(removed, "removed quarantines of interrupted ingests");
         }
@@ -105,30 +105,36 @@ impl Store {
     }
 }
 
-/// Removes the quarantines under `root` whose lock is free. Returns how many.
-fn remove_abandoned(root: &Path) -> usize {
-    let Ok(rd) = fs::read_dir(root) else { return 0 };
-    let mut n = 0;
+/// Removes the quarantines under `root` whose lock is free (left by a
+/// killed ingest) and counts those in use. Returns (live, removed).
+pub(crate) fn sweep(root: &Path) -> (usize, usize) {
+    let Ok(rd) = fs::read_dir(root) else {
+        return (0, 0);
+    };
+    let (mut live, mut removed) = (0, 0);
     for e in rd.filter_map(|e| e.ok()) {
         let path = e.path();
         if !path.is_dir() {
             continue;
         }
         let lock_path = path.with_extension("lock");
-        let Ok(lock) = File::options()
+        let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&lock_path)
-        else {
-            continue;
-        };
-        if lock.try_lock().is_ok() && fs::remove_dir_all(&path).is_ok() {
-            let _ = fs::remove_file(&lock_path);
-            n += 1;
+            .open(&lock_path);
+        match lock {
+            Ok(lock) if lock.try_lock().is_ok() => {
+                if fs::remove_dir_all(&path).is_ok() {
+                    let _ = fs::remove_file(&lock_path);
+                    removed += 1;
+                }
+            }
+            // Held by a running ingest (or unreadable: keep it, to be safe).
+            _ => live += 1,
         }
     }
-    n
+    (live, removed)
 }
 
 impl Quarantine {
