@@ -371,3 +371,33 @@ fn serve_runs_maintenance_on_its_schedule() {
     h.run(&["verify"]).ok();
     assert_eq!(h.recall_ids(&["--limit", "100"]).len(), 11);
 }
+
+#[test]
+fn remember_alone_keeps_packs_from_piling_up() {
+    // No serve, no gc: each remember writes a pack, and past 50 remember
+    // rolls the small ones up itself (git repack --geometric).
+    let h = TestHome::init();
+    let packs = || {
+        std::fs::read_dir(h.repo().join("objects/pack"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".pack")
+            })
+            .count()
+    };
+    let mut most = 0;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        ids.push(h.remember(&[&format!("memory {i}")]));
+        most = most.max(packs());
+    }
+    assert!(most <= mmogit_store::AUTO_CONSOLIDATE_PACKS, "{most} packs");
+    assert!(packs() < 20, "{} packs", packs());
+    h.run(&["verify"]).ok();
+    let held: BTreeSet<String> = h.recall_ids(&["--limit", "100"]).into_iter().collect();
+    assert_eq!(held, ids.into_iter().collect());
+}

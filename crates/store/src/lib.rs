@@ -20,7 +20,9 @@ mod sync;
 mod verify;
 
 pub use bundle::{Bundle, BundleError, BundleWriter, BUNDLE_SIGNATURE, INCOMING_DIR};
-pub use maintain::{GcReport, ObjectCounts, DEFAULT_GC_GRACE, DEFAULT_GC_TIMEOUT};
+pub use maintain::{
+    GcReport, ObjectCounts, AUTO_CONSOLIDATE_PACKS, DEFAULT_GC_GRACE, DEFAULT_GC_TIMEOUT,
+};
 pub use memory::{
     format_time, memory_path, parse_time, signing_bytes, MemoryType, NewMemory, UnverifiedMemory,
     VerifiedMemory, FORMAT_VERSION, MAX_CONTENT_BYTES, MAX_MEMORY_FILE_BYTES, MAX_TAGS,

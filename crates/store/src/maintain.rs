@@ -23,6 +23,8 @@ use crate::StoreError;
 /// Unreachable objects younger than this are kept by default (git's own
 /// default for `gc.pruneExpire`).
 pub const DEFAULT_GC_GRACE: Duration = Duration::from_secs(14 * 24 * 3600);
+/// [`Store::consolidate_packs`] rolls packs up past this many.
+pub const AUTO_CONSOLIDATE_PACKS: usize = 50;
 /// Time limit of each git command of [`Store::gc`] by default.
 pub const DEFAULT_GC_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -151,6 +153,43 @@ impl Store {
             abandoned_quarantines: abandoned,
             elapsed: started.elapsed(),
         })
+    }
+
+    /// Packs in `objects/pack` (one directory listing).
+    pub fn pack_count(&self) -> usize {
+        fs::read_dir(self.path().join("objects").join("pack"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Rolls small packs up when there are more than
+    /// [`AUTO_CONSOLIDATE_PACKS`] (each `remember` writes one): `git repack
+    /// -d -l --geometric=2`, which merges only packs that are small next to
+    /// the others (a few tens of milliseconds most of the time; the whole
+    /// pack rarely), drops nothing, and holds the write lock like
+    /// [`Store::gc`]. Where no `serve` runs its scheduled gc, this keeps the
+    /// number of packs logarithmic instead of one per memory. Returns
+    /// whether it repacked.
+    pub fn consolidate_packs(&self) -> Result<bool, StoreError> {
+        if self.pack_count() <= AUTO_CONSOLIDATE_PACKS {
+            return Ok(false);
+        }
+        let _lock = WriteLock::acquire(self.git())?;
+        if self.pack_count() <= AUTO_CONSOLIDATE_PACKS {
+            return Ok(false);
+        }
+        let args: Vec<OsString> = ["repack", "-d", "-l", "-q", "--geometric=2"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        self.git_checked("git repack --geometric", &args, DEFAULT_GC_TIMEOUT)?;
+        crate::repo::sync_object_dirs(self.path())?;
+        self.git().odb()?.refresh()?;
+        Ok(true)
     }
 
     /// Whether [`Store::gc`] is worth running: more than `packs` packs or

@@ -131,6 +131,11 @@ impl Agent {
             )
             .map_err(Error::Write)?;
         tracing::info!(id = m.id(), "memory stored");
+        // The memory is stored and durable; keep one-pack-per-memory from
+        // piling up where no `serve` runs its gc (see Store::consolidate_packs).
+        if let Err(e) = store.consolidate_packs() {
+            tracing::warn!(error = %e, "could not roll up small packs; `mmogit gc` will");
+        }
         Ok(m)
     }
 
