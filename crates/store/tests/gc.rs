@@ -2,35 +2,18 @@
 //! one pack, nothing any ref reaches is lost, a live ingest keeps everything,
 //! and writers running beside it lose nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use git2::Oid;
 use mmogit_identity::Identity;
 use mmogit_store::{Filter, IngestStatus, MemoryType, NewMemory, Store, VerifiedMemory};
 
+mod common;
+
+use common::{id, repo};
+
 const T: Duration = Duration::from_secs(120);
-
-struct Repo {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    store: Store,
-}
-
-fn repo() -> Repo {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("memories.git");
-    let store = Store::open_or_init(&path).unwrap();
-    Repo {
-        _dir: dir,
-        path,
-        store,
-    }
-}
-
-fn id(n: u8) -> Identity {
-    Identity::from_secret_bytes(&[n; 32])
-}
 
 fn memory(who: &Identity, text: &str) -> VerifiedMemory {
     VerifiedMemory::create(

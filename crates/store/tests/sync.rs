@@ -1,7 +1,7 @@
 //! Verified ingest between repositories: fetch and bundles into quarantine,
 //! verification before any branch moves, refusal of forgeries and rewrites.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use git2::Oid;
@@ -10,28 +10,11 @@ use mmogit_store::{
     branch_name, Filter, IngestReport, IngestStatus, MemoryType, NewMemory, Store, VerifiedMemory,
 };
 
+mod common;
+
+use common::{id, repo};
+
 const T: Duration = Duration::from_secs(60);
-
-struct Repo {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    store: Store,
-}
-
-fn repo() -> Repo {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("memories.git");
-    let store = Store::open_or_init(&path).unwrap();
-    Repo {
-        _dir: dir,
-        path,
-        store,
-    }
-}
-
-fn id(n: u8) -> Identity {
-    Identity::from_secret_bytes(&[n; 32])
-}
 
 fn remember(store: &Store, who: &Identity, text: &str) -> VerifiedMemory {
     let m = VerifiedMemory::create(
@@ -672,10 +655,7 @@ fn a_killed_ingest_never_moves_a_branch_to_an_unverified_tip() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let c = Repo {
-            store: Store::open(&c.path).unwrap(),
-            ..c
-        };
+        let c = c.reopen();
         // Either nothing or the whole verified tip; never the forged branch.
         let tip = c.store.tip(&pka).unwrap();
         assert!(tip.is_none() || tip == Some(good_tip), "{delay_ms} ms");

@@ -1,4 +1,7 @@
 //! Helpers the store's integration tests share.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
 
 use mmogit_identity::Identity;
 use mmogit_store::{MemoryType, NewMemory, Store, VerifiedMemory};
@@ -21,4 +24,38 @@ pub fn remember(store: &Store, id: &Identity, n: NewMemory) -> VerifiedMemory {
         .append(id, std::slice::from_ref(&m), "remember")
         .unwrap();
     m
+}
+
+/// A fresh repository in a temporary directory.
+pub struct Repo {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub store: Store,
+}
+
+impl Repo {
+    /// The same repository through a new handle (after another process
+    /// wrote it).
+    pub fn reopen(self) -> Repo {
+        Repo {
+            store: Store::open(&self.path).unwrap(),
+            ..self
+        }
+    }
+}
+
+pub fn repo() -> Repo {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memories.git");
+    let store = Store::open_or_init(&path).unwrap();
+    Repo {
+        _dir: dir,
+        path,
+        store,
+    }
+}
+
+/// The identity whose secret key is 32 bytes of `n`.
+pub fn id(n: u8) -> Identity {
+    Identity::from_secret_bytes(&[n; 32])
 }
