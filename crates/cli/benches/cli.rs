@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{env_usize, generate_jsonl, mmogit, mmogit_bin, Rng};
+use common::{env_usize, generate_jsonl, mmogit, mmogit_bin, timed, Rng};
 
 // ---------------------------------------------------------------------------
 // Setup helpers
@@ -51,28 +51,6 @@ fn git(dir: &Path) -> Command {
         // No background/auto gc in the middle of a measurement.
         .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"]);
     c
-}
-
-fn check(what: &str, out: Output) -> Output {
-    if !out.status.success() {
-        panic!(
-            "{what} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
-
-/// Runs a command to completion (stdout captured and drained, as a caller would),
-/// returning its wall time and output.
-fn timed(what: &str, cmd: &mut Command) -> (Duration, Output) {
-    cmd.stdin(Stdio::null());
-    let t = Instant::now();
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    let d = t.elapsed();
-    (d, check(what, out))
 }
 
 fn run(what: &str, cmd: &mut Command) -> Output {

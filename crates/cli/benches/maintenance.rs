@@ -19,7 +19,6 @@
 //!   MMOGIT_BENCH_RUNS   repetitions of each measurement (default 30)
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use mmogit_identity::PublicKey;
@@ -27,25 +26,7 @@ use mmogit_store::Store;
 
 mod common;
 
-use common::{env_usize, generate_jsonl, mmogit, mmogit_bin};
-
-fn check(what: &str, out: Output) -> Output {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn timed(what: &str, cmd: &mut Command) -> (Duration, Output) {
-    cmd.stdin(Stdio::null());
-    let t = Instant::now();
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
-    (t.elapsed(), check(what, out))
-}
+use common::{check, env_usize, generate_jsonl, mmogit, mmogit_bin, timed};
 
 /// (median, p90).
 fn stats(mut xs: Vec<Duration>) -> (Duration, Duration) {

@@ -7,7 +7,8 @@ use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// A positive integer setting from the environment, or `default`.
 pub fn env_usize(name: &str, default: usize) -> usize {
@@ -138,4 +139,26 @@ pub fn mmogit(bin: &Path, home: &Path) -> Command {
     c.arg("--home").arg(home);
     c.env_remove("MMOGIT_HOME").env_remove("RUST_LOG");
     c
+}
+
+/// Panics with both streams unless `out` is a success.
+pub fn check(what: &str, out: Output) -> Output {
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// Runs a command to completion (stdout captured and drained, as a caller
+/// would), returning its wall time and output; it must succeed.
+pub fn timed(what: &str, cmd: &mut Command) -> (Duration, Output) {
+    cmd.stdin(Stdio::null());
+    let t = Instant::now();
+    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    (t.elapsed(), check(what, out))
 }
