@@ -813,9 +813,7 @@ impl Replicator {
                     };
                     // Only if there is room now: a peer flooding queries it
                     // does not read gets no task per query.
-                    let _ = reply
-                        .send(Message::MemoryResponse(busy), Duration::ZERO)
-                        .await;
+                    let _ = reply.try_send(Message::MemoryResponse(busy));
                     return;
                 }
                 tokio::spawn(async move {
