@@ -576,10 +576,6 @@ struct PeerState {
     /// Tips last announced to this peer, and on which session: a peer that
     /// reconnected (e.g. restarted) between two ticks must hear them again.
     announced: Option<(Reply, Vec<BranchTip>)>,
-    /// Its queries being answered now.
-    queries: Arc<std::sync::atomic::AtomicUsize>,
-    /// What it sent us this period.
-    quota: Quota,
 }
 
 /// What one peer sent us in the current quota period (in memory: a restart
@@ -637,6 +633,11 @@ enum Done {
 pub struct Replicator {
     cfg: Arc<ReplicatorConfig>,
     peers: HashMap<PublicKey, PeerState>,
+    /// What each peer sent us this quota period (kept across its sessions:
+    /// a reconnect does not start a new period).
+    quotas: HashMap<PublicKey, Quota>,
+    /// Each peer's queries being answered now (kept across its sessions).
+    queries: HashMap<PublicKey, Arc<std::sync::atomic::AtomicUsize>>,
     next_id: u64,
     events: Option<mpsc::UnboundedSender<ReplicationEvent>>,
     done_tx: mpsc::Sender<Done>,
@@ -649,6 +650,8 @@ impl Replicator {
         Replicator {
             cfg: Arc::new(cfg),
             peers: HashMap::new(),
+            quotas: HashMap::new(),
+            queries: HashMap::new(),
             next_id: 1,
             events: None,
             done_tx,
@@ -749,6 +752,10 @@ impl Replicator {
         let connected = node.connected();
         self.peers
             .retain(|k, st| connected.contains(k) || st.pull.is_some() || st.sending);
+        self.quotas
+            .retain(|_, q| q.since.is_some_and(|s| s.elapsed() < QUOTA_PERIOD));
+        self.queries
+            .retain(|_, n| Arc::strong_count(n) > 1 || n.load(Ordering::Acquire) > 0);
         if connected.is_empty() {
             return;
         }
@@ -800,7 +807,7 @@ impl Replicator {
                 let cfg = self.cfg.clone();
                 // At most MAX_CONCURRENT_QUERIES per peer: a peer cannot
                 // fill the blocking pool with queries.
-                let running = self.peers.entry(peer).or_default().queries.clone();
+                let running = self.queries.entry(peer).or_default().clone();
                 if running.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT_QUERIES {
                     running.fetch_sub(1, Ordering::AcqRel);
                     debug!(peer = %peer.short(12), "query refused: too many at once");
@@ -904,7 +911,8 @@ impl Replicator {
         match r.transfer {
             Some(info) if pull.incoming.is_none() => {
                 let total = info.total_size;
-                let left = self.cfg.quota_bytes.saturating_sub(st.quota.roll().bytes);
+                let quota = self.quotas.entry(peer).or_default();
+                let left = self.cfg.quota_bytes.saturating_sub(quota.roll().bytes);
                 let started =
                     blocking(move || Ok(Incoming::start(&repo, &info, max, MAX_BUNDLE_CHUNK)))
                         .await
@@ -920,7 +928,7 @@ impl Replicator {
                         });
                 match started {
                     Ok(inc) => {
-                        st.quota.bytes += total;
+                        self.quotas.entry(peer).or_default().bytes += total;
                         pull.incoming = Some(inc)
                     }
                     Err(e) => {
@@ -963,9 +971,9 @@ impl Replicator {
     }
 
     async fn start_pull(&mut self, peer: PublicKey, reply: Reply) {
-        let st = self.peers.entry(peer).or_default();
-        if let Some(reason) = st.quota.exhausted(&self.cfg) {
-            if !std::mem::replace(&mut st.quota.warned, true) {
+        let quota = self.quotas.entry(peer).or_default();
+        if let Some(reason) = quota.exhausted(&self.cfg) {
+            if !std::mem::replace(&mut quota.warned, true) {
                 warn!(peer = %peer.short(12), %reason, "not pulling");
             }
             self.emit(ReplicationEvent::PullFailed { peer, reason });
@@ -1101,7 +1109,7 @@ impl Replicator {
                 match report {
                     Ok(report) => {
                         let s = summary(&transfer_id, &report);
-                        self.peers.entry(peer).or_default().quota.roll().memories += s.memories;
+                        self.quotas.entry(peer).or_default().roll().memories += s.memories;
                         if s.refused.is_empty() {
                             info!(peer = %peer.short(12), memories = s.memories, branches = s.branches, "accepted memories");
                         } else {

@@ -616,6 +616,20 @@ async fn a_peer_over_its_daily_quota_is_not_pulled_from() {
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(b.count(1), 12);
+    // A reconnect does not start a new period: A restarts, has news again,
+    // and B still refuses.
+    na.node.shutdown().await;
+    nb.seen.clear();
+    a.remember(2, "third");
+    let na = start(&a, |_| {}).await;
+    wait_for("B refuses again after A reconnected", 10, || {
+        nb.drain().iter().any(|e| {
+            matches!(e, ReplicationEvent::PullFailed { reason, .. }
+                if reason.contains("daily quota reached: 12 memories"))
+        })
+    })
+    .await;
+    assert_eq!(b.count(1), 12);
     wait_for("C refuses the transfer", 10, || {
         nc.drain().iter().any(|e| {
             matches!(e, ReplicationEvent::PullFailed { reason, .. }
