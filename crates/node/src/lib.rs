@@ -20,29 +20,35 @@
 
 pub mod backoff;
 mod client;
+mod config;
 mod conn;
 mod dialer;
 pub mod discovery;
 mod error;
+mod event;
 mod inbox;
+mod node;
 mod peer_session;
 pub mod peers;
+mod queue;
 mod registry;
 pub mod replicate;
 mod server;
+mod shared;
 pub mod status;
 mod trust;
 
 pub use backoff::{Backoff, DialSchedule, RateLimiter};
 pub use client::{connect, ClientConfig, Connection};
+pub use config::{InboundRate, NodeConfig};
 pub use discovery::{Discovery, MdnsDiscovery, MemoryNetwork};
 pub use error::NodeError;
-pub use inbox::{Inbound, NodeSender, Reply};
+pub use event::NodeEvent;
+pub use inbox::{Inbound, MessageHandler, Reply};
+pub use node::{Node, NodeHandle};
 pub use peers::{PeerRecord, PeerSource, PeerStore, PeerStoreError, TrustState};
+pub use queue::{SendError, SEND_QUEUE};
 pub use registry::{new_session_wins, Direction, PeerStatus, DUPLICATE_SESSION};
-pub use server::{
-    InboundRate, MessageHandler, Node, NodeConfig, NodeEvent, NodeHandle, PeerStoreTrust,
-    SendError, TrustPolicy, SEND_QUEUE,
-};
+pub use shared::NodeSender;
 pub use status::{read_status, StatusError, StatusFile};
-pub use trust::DEFAULT_MAX_PENDING;
+pub use trust::{PeerStoreTrust, TrustPolicy, DEFAULT_MAX_PENDING};
