@@ -13,6 +13,21 @@
 //! node.shutdown().await;
 //! # let _ = rtt; Ok(()) }
 //! ```
+//!
+//! # Module order
+//!
+//! The modules use each other in one direction: a module uses only modules
+//! on the lines above its own (bottom layer first), and only `node` knows
+//! the whole node. `tests/module_order.rs` checks this list against the
+//! `crate::` paths in the sources.
+//!
+//! 1. `backoff` `config` `discovery` `event` `peers` `queue`: use nothing of the crate
+//! 2. `error` `inbox` `registry` `trust`: errors, data delivery, sessions, trust policy
+//! 3. `conn` `status`: one framed connection; the status file
+//! 4. `client` `shared`: outbound connections; the state a running node's tasks share
+//! 5. `peer_session` `replicate`: the session driver; memory replication
+//! 6. `dialer` `server`: the dialer and status writer; the accept loop and handshake
+//! 7. `node`: [`Node`] and [`NodeHandle`], which start and stop the tasks
 
 // `NodeError::NotAuthorized` carries the peer's key by value (the CLI
 // matches on it); errors are rare and never on a hot path.
