@@ -15,7 +15,7 @@ use crate::discovery::DialCandidate;
 use crate::peer_session::{drive, Ended};
 use crate::peers::{FileStamp, PeerStore, TrustState};
 use crate::registry::{DialJob, Direction};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Most status-file writes: one per this interval.
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(500);

@@ -1,14 +1,20 @@
-//! Data messages delivered to a task of the application (instead of the
-//! synchronous [`crate::MessageHandler`]), each with a handle to answer on
-//! the same session; and a cloneable handle to send to any peer session.
+//! How data messages reach the application: the synchronous
+//! [`MessageHandler`], or a task of the application that receives each
+//! [`Inbound`] with a [`Reply`] handle to answer on the same session.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use mmogit_identity::PublicKey;
 use mmogit_proto::Message;
 
-use crate::server::{SendError, Shared, SEND_QUEUE};
+use crate::queue::{SendError, SessionTx, SEND_QUEUE};
+
+/// Handles data messages (MemoryRequest, MemoryResponse, GitBundle) from
+/// authenticated peers, inbound and outbound sessions alike; the returned
+/// messages are sent back in order on the same session.
+pub trait MessageHandler: Send + Sync + 'static {
+    fn handle(&self, peer: &PublicKey, msg: Message) -> Vec<Message>;
+}
 
 /// A data message (MemoryRequest, MemoryResponse, GitBundle) from an
 /// authenticated peer or client.
@@ -24,11 +30,11 @@ pub struct Inbound {
 #[derive(Debug, Clone)]
 pub struct Reply {
     peer: PublicKey,
-    tx: crate::server::SessionTx,
+    tx: SessionTx,
 }
 
 impl Reply {
-    pub(crate) fn new(peer: PublicKey, tx: crate::server::SessionTx) -> Reply {
+    pub(crate) fn new(peer: PublicKey, tx: SessionTx) -> Reply {
         Reply { peer, tx }
     }
 
@@ -92,46 +98,5 @@ impl Reply {
     /// The session ended.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
-    }
-}
-
-/// A cloneable handle on a running node, for background tasks.
-#[derive(Clone)]
-pub struct NodeSender {
-    shared: Arc<Shared>,
-}
-
-impl NodeSender {
-    pub(crate) fn new(shared: Arc<Shared>) -> NodeSender {
-        NodeSender { shared }
-    }
-
-    /// Peers with an open peer session.
-    pub fn connected(&self) -> Vec<PublicKey> {
-        self.shared
-            .registry
-            .snapshot()
-            .into_iter()
-            .filter(|p| p.connected)
-            .map(|p| p.pubkey)
-            .collect()
-    }
-
-    /// A reply handle on the session with `peer`.
-    pub fn session(&self, peer: &PublicKey) -> Option<Reply> {
-        self.shared
-            .registry
-            .sender(peer)
-            .map(|tx| Reply::new(*peer, tx))
-    }
-
-    /// The node is shutting down.
-    pub fn is_stopping(&self) -> bool {
-        self.shared.cancel.is_cancelled()
-    }
-
-    /// Cancelled when the node shuts down.
-    pub async fn stopped(&self) {
-        self.shared.cancel.cancelled().await
     }
 }

@@ -13,6 +13,21 @@
 //! node.shutdown().await;
 //! # let _ = rtt; Ok(()) }
 //! ```
+//!
+//! # Module order
+//!
+//! The modules use each other in one direction: a module uses only modules
+//! on the lines above its own (bottom layer first), and only `node` knows
+//! the whole node. `tests/module_order.rs` checks this list against the
+//! `crate::` paths in the sources.
+//!
+//! 1. `backoff` `config` `discovery` `event` `peers` `queue`: use nothing of the crate
+//! 2. `error` `inbox` `registry` `trust`: errors, data delivery, sessions, trust policy
+//! 3. `conn` `status`: one framed connection; the status file
+//! 4. `client` `shared`: outbound connections; the state a running node's tasks share
+//! 5. `peer_session` `replicate`: the session driver; memory replication
+//! 6. `dialer` `server`: the dialer and status writer; the accept loop and handshake
+//! 7. `node`: [`Node`] and [`NodeHandle`], which start and stop the tasks
 
 // `NodeError::NotAuthorized` carries the peer's key by value (the CLI
 // matches on it); errors are rare and never on a hot path.
@@ -20,29 +35,35 @@
 
 pub mod backoff;
 mod client;
+mod config;
 mod conn;
 mod dialer;
 pub mod discovery;
 mod error;
+mod event;
 mod inbox;
+mod node;
 mod peer_session;
 pub mod peers;
+mod queue;
 mod registry;
 pub mod replicate;
 mod server;
+mod shared;
 pub mod status;
 mod trust;
 
 pub use backoff::{Backoff, DialSchedule, RateLimiter};
 pub use client::{connect, ClientConfig, Connection};
+pub use config::{InboundRate, NodeConfig};
 pub use discovery::{Discovery, MdnsDiscovery, MemoryNetwork};
 pub use error::NodeError;
-pub use inbox::{Inbound, NodeSender, Reply};
+pub use event::NodeEvent;
+pub use inbox::{Inbound, MessageHandler, Reply};
+pub use node::{Node, NodeHandle};
 pub use peers::{PeerRecord, PeerSource, PeerStore, PeerStoreError, TrustState};
+pub use queue::{SendError, SEND_QUEUE};
 pub use registry::{new_session_wins, Direction, PeerStatus, DUPLICATE_SESSION};
-pub use server::{
-    InboundRate, MessageHandler, Node, NodeConfig, NodeEvent, NodeHandle, PeerStoreTrust,
-    SendError, TrustPolicy, SEND_QUEUE,
-};
+pub use shared::NodeSender;
 pub use status::{read_status, StatusError, StatusFile};
-pub use trust::DEFAULT_MAX_PENDING;
+pub use trust::{PeerStoreTrust, TrustPolicy, DEFAULT_MAX_PENDING};

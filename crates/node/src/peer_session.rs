@@ -15,8 +15,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::conn::{Conn, Wake};
+use crate::event::NodeEvent;
+use crate::inbox::{Inbound, Reply};
+use crate::queue::{SessionTx, SEND_QUEUE};
 use crate::registry::{Direction, SessionCtl, DUPLICATE_SESSION};
-use crate::server::{NodeEvent, Shared, SEND_QUEUE};
+use crate::shared::Shared;
 
 /// How a session ended, for the dialer.
 pub(crate) enum Ended {
@@ -41,13 +44,13 @@ async fn handle_message(
     pk: &PublicKey,
     addr: SocketAddr,
     m: Message,
-    reply: &crate::server::SessionTx,
+    reply: &SessionTx,
 ) {
     if let Some(inbox) = &shared.inbox {
-        let inbound = crate::inbox::Inbound {
+        let inbound = Inbound {
             peer: *pk,
             msg: m,
-            reply: crate::inbox::Reply::new(*pk, reply.clone()),
+            reply: Reply::new(*pk, reply.clone()),
         };
         match tokio::time::timeout(shared.config.frame_timeout, inbox.send(inbound)).await {
             Ok(Ok(())) => {}

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backoff::{Backoff, DialSchedule};
+use crate::queue::SessionTx;
 
 /// The Bye reason of the session closed by the duplicate-session rule.
 pub const DUPLICATE_SESSION: &str = "duplicate session";
@@ -135,7 +136,7 @@ struct Live {
     direction: Direction,
     addr: SocketAddr,
     since: SystemTime,
-    tx: crate::server::SessionTx,
+    tx: SessionTx,
     ctl: Arc<SessionCtl>,
 }
 
@@ -251,7 +252,7 @@ impl Registry {
         peer: PublicKey,
         direction: Direction,
         addr: SocketAddr,
-        tx: crate::server::SessionTx,
+        tx: SessionTx,
         ctl: Arc<SessionCtl>,
     ) -> Result<u64, ()> {
         let now = Instant::now();
@@ -407,7 +408,7 @@ impl Registry {
     }
 
     /// The sender of the peer's session.
-    pub fn sender(&self, peer: &PublicKey) -> Option<crate::server::SessionTx> {
+    pub fn sender(&self, peer: &PublicKey) -> Option<SessionTx> {
         self.lock()
             .peers
             .get(peer)
@@ -592,7 +593,7 @@ impl Registry {
         }
         e.offered = Some((addr.clone(), now));
         e.touched = Some(now);
-        crate::discovery::push_bounded(&mut e.found, addr, MAX_FOUND);
+        push_bounded(&mut e.found, addr, MAX_FOUND);
         if let Some(d) = &mut e.dial {
             d.wake();
         }
@@ -668,6 +669,15 @@ impl Registry {
             .collect();
         v.sort_by(|a, b| a.pubkey.as_bytes().cmp(b.pubkey.as_bytes()));
         v
+    }
+}
+
+/// Addresses the dialer has been offered for a peer, newest last.
+fn push_bounded(q: &mut VecDeque<String>, addr: String, cap: usize) {
+    q.retain(|a| *a != addr);
+    q.push_back(addr);
+    while q.len() > cap {
+        q.pop_front();
     }
 }
 

@@ -42,7 +42,8 @@ use tracing::{debug, info, warn};
 
 use crate::client::Connection;
 use crate::error::NodeError;
-use crate::inbox::{Inbound, NodeSender, Reply};
+use crate::inbox::{Inbound, Reply};
+use crate::shared::NodeSender;
 
 /// Largest bundle bytes per GitBundle chunk (7 MiB).
 pub const MAX_CHUNK: usize = MAX_BUNDLE_CHUNK;
@@ -1194,7 +1195,7 @@ async fn serve_sync(
     let sync = req.sync.unwrap_or_default();
     let c = cfg.clone();
     let answer = blocking(move || answer_sync(&c, &sync)).await;
-    let send_err = |e: crate::SendError| NodeError::Protocol(e.to_string());
+    let send_err = |e: crate::queue::SendError| NodeError::Protocol(e.to_string());
     match answer {
         Ok(SyncAnswer::NothingNew(tips)) => {
             let m = Message::MemoryResponse(MemoryResponse {
@@ -1803,7 +1804,7 @@ mod tests {
         // Once it reads again, the answers come.
         let (_dir, node, inbox_tx) = replicator().await;
         let p_key = Identity::from_secret_bytes(&[2; 32]).public_key();
-        let (tx, mut rx) = mpsc::channel(crate::server::SEND_QUEUE);
+        let (tx, mut rx) = mpsc::channel(crate::queue::SEND_QUEUE);
         for _ in 0..3 {
             tx.try_send(Box::new(Message::Ping(vec![0; 8]))).unwrap();
         }

@@ -1,6 +1,6 @@
-//! [`PeerStoreTrust`]: the standard trust policy, deciding from
-//! `peers.json` and recording unknown keys as pending, bounded and without
-//! a disk write on most handshakes.
+//! Who is served: the [`TrustPolicy`] trait, and [`PeerStoreTrust`], the
+//! standard policy, deciding from `peers.json` and recording unknown keys
+//! as pending, bounded and without a disk write on most handshakes.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -13,7 +13,23 @@ use mmogit_identity::PublicKey;
 use tracing::{debug, info, warn};
 
 use crate::peers::{FileStamp, PeerStore, PeerStoreError, TrustState};
-use crate::server::TrustPolicy;
+
+/// Decides whether an authenticated inbound peer is served.
+pub trait TrustPolicy: Send + Sync + 'static {
+    /// Called once per inbound connection, after the peer proved its key.
+    fn authorize(&self, pubkey: &PublicKey, addr: SocketAddr) -> bool;
+
+    /// Writes out what the policy keeps in memory (e.g. keys seen lately).
+    /// The node calls it from a blocking thread about every second while
+    /// running, and once more at shutdown. Default: nothing.
+    fn flush(&self) {}
+}
+
+impl<F: Fn(&PublicKey, SocketAddr) -> bool + Send + Sync + 'static> TrustPolicy for F {
+    fn authorize(&self, pubkey: &PublicKey, addr: SocketAddr) -> bool {
+        self(pubkey, addr)
+    }
+}
 
 /// Most pending keys kept by default (see [`PeerStoreTrust::with_max_pending`]).
 pub const DEFAULT_MAX_PENDING: usize = 256;

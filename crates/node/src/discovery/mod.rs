@@ -19,7 +19,7 @@
 //! | `pk` | the node's public key, 64 lowercase hex |
 //! | `tag` | instead of `pk` (private mode): [`private_tag`], 32 lowercase hex |
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +28,7 @@ use hmac::{Hmac, Mac};
 use mmogit_identity::PublicKey;
 use sha2::Sha256;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 mod mdns;
@@ -532,17 +533,12 @@ pub(crate) const CANDIDATE_QUEUE: usize = 256;
 /// that share a protocol version to the dialer, re-announce when the
 /// private tag changes (UTC midnight), withdraw on shutdown.
 pub(crate) async fn run(
-    shared: Arc<crate::server::Shared>,
     disc: Arc<dyn Discovery>,
-    private: bool,
+    ad: Advertisement,
+    cancel: CancellationToken,
     to_dialer: mpsc::Sender<DialCandidate>,
 ) {
-    let ad = Advertisement {
-        pubkey: shared.identity.public_key(),
-        port: shared.local_addr.port(),
-        versions: shared.session_config.versions.clone(),
-        private,
-    };
+    let private = ad.private;
     let mut day = utc_day(SystemTime::now());
     let d = disc.clone();
     let ad2 = ad.clone();
@@ -565,7 +561,7 @@ pub(crate) async fn run(
     };
     let mut table = CandidateTable::new(Some(ad.pubkey));
     let mut drop_log = LogLimiter::new(3, Duration::from_secs(60));
-    let ours = shared.session_config.versions.clone();
+    let ours = ad.versions.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         let next = async {
@@ -575,7 +571,7 @@ pub(crate) async fn run(
             }
         };
         tokio::select! {
-            _ = shared.cancel.cancelled() => break,
+            _ = cancel.cancelled() => break,
             ev = next => {
                 let Some(ev) = ev else {
                     events = None;
@@ -613,13 +609,4 @@ pub(crate) async fn run(
     let d = disc.clone();
     let _ = tokio::task::spawn_blocking(move || d.shutdown()).await;
     debug!("mDNS: stopped");
-}
-
-/// Addresses the dialer has been offered for a peer, newest last.
-pub(crate) fn push_bounded(q: &mut VecDeque<String>, addr: String, cap: usize) {
-    q.retain(|a| *a != addr);
-    q.push_back(addr);
-    while q.len() > cap {
-        q.pop_front();
-    }
 }
