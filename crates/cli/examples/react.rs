@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mmogit::store::{Filter, MemoryType, NewMemory};
-use mmogit::{Agent, Discovery, Event, Home, P2PServer, SyncOptions, SyncTarget};
+use mmogit::{Agent, Event, Home, P2PServer, Peering, SyncOptions, SyncTarget};
 
 /// Reacts to the events of `events` until `stop` answers were made.
 async fn answer_questions(helper: Agent, mut events: mmogit::Events, stop: usize) -> usize {
@@ -69,7 +69,7 @@ pub async fn run(dir: &Path) -> Result<Vec<String>, Box<dyn std::error::Error + 
         .await?;
     let reactor = tokio::spawn(answer_questions(helper.clone(), server.events(), 1));
 
-    Discovery::new(asker.home().clone(), asker.identity()?.clone())
+    Peering::new(asker.home().clone(), asker.identity()?.clone())
         .name("helper")
         .add_peer(&server.local_addr().to_string(), Some(helper_pk))
         .await?;

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use mmogit::store::{Filter, MemoryType, NewMemory};
-use mmogit::{Agent, Discovery, Event, Home, P2PServer, SyncOptions, SyncTarget};
+use mmogit::{Agent, Event, Home, P2PServer, Peering, SyncOptions, SyncTarget};
 
 /// What the run showed, for the test that runs this example.
 #[derive(Debug)]
@@ -53,7 +53,7 @@ pub async fn run(dir: &Path) -> Result<Outcome, Box<dyn std::error::Error + Send
 
     // Bob trusts Alice by address, expecting her key. She does not know him
     // yet: her node records his key as pending, and she accepts it.
-    let added = Discovery::new(bob.home().clone(), bob.identity()?.clone())
+    let added = Peering::new(bob.home().clone(), bob.identity()?.clone())
         .name("alice")
         .add_peer(&addr, Some(alice_pk))
         .await?;

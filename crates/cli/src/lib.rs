@@ -12,7 +12,7 @@
 //! what the CLI commands do: [`remember`](Agent::remember),
 //! [`recall`](Agent::recall), [`search`](Agent::search),
 //! [`sync`](Agent::sync). [`P2PServer`] runs the node (`mmogit serve`) with a
-//! stream of [`Event`]s; [`connect_to_peer`] and [`Discovery::add_peer`]
+//! stream of [`Event`]s; [`connect_to_peer`] and [`Peering::add_peer`]
 //! reach and trust peers.
 //!
 //! ```
@@ -49,7 +49,7 @@ pub mod api;
 mod home;
 
 pub use api::{
-    connect_to_peer, Agent, Discovery, Error, Event, Events, P2PServer, PeerAdded, PeerSyncResult,
+    connect_to_peer, Agent, Error, Event, Events, P2PServer, PeerAdded, PeerSyncResult, Peering,
     Refusal, ServerHandle, SyncOptions, SyncProgress, SyncTarget,
 };
 pub use home::{resolve_prefix, Home, HomeError};

@@ -23,7 +23,7 @@ pub async fn connect_to_peer(
     Ok(mmogit_node::connect(addr, identity, expected, &client_config(timeout)).await?)
 }
 
-/// What [`Discovery::add_peer`] did.
+/// What [`Peering::add_peer`] did.
 #[derive(Debug, Clone)]
 pub struct PeerAdded {
     /// The peer record as saved (trusted).
@@ -39,25 +39,25 @@ pub struct PeerAdded {
 ///
 /// ```no_run
 /// # async fn demo(bob: mmogit::identity::PublicKey) -> Result<(), mmogit::Error> {
-/// use mmogit::{Agent, Discovery, Home};
+/// use mmogit::{Agent, Peering, Home};
 /// let agent = Agent::open(Home::resolve(None)?)?;
-/// let added = Discovery::new(agent.home().clone(), agent.identity()?.clone())
+/// let added = Peering::new(agent.home().clone(), agent.identity()?.clone())
 ///     .add_peer("192.0.2.10:7420", Some(bob))
 ///     .await?;
 /// assert!(added.record.trust == mmogit::node::TrustState::Trusted);
 /// # Ok(()) }
 /// ```
-pub struct Discovery {
+pub struct Peering {
     home: Home,
     identity: Arc<Identity>,
     name: Option<String>,
     timeout: Duration,
 }
 
-impl Discovery {
+impl Peering {
     /// Peer management for `home`, acting as `identity`.
-    pub fn new(home: Home, identity: Arc<Identity>) -> Discovery {
-        Discovery {
+    pub fn new(home: Home, identity: Arc<Identity>) -> Peering {
+        Peering {
             home,
             identity,
             name: None,
@@ -66,13 +66,13 @@ impl Discovery {
     }
 
     /// A name for the peers added next (usable instead of their key).
-    pub fn name(mut self, name: impl Into<String>) -> Discovery {
+    pub fn name(mut self, name: impl Into<String>) -> Peering {
         self.name = Some(name.into());
         self
     }
 
     /// How long to wait for a peer or a git remote (default 10 s).
-    pub fn timeout(mut self, timeout: Duration) -> Discovery {
+    pub fn timeout(mut self, timeout: Duration) -> Peering {
         self.timeout = timeout;
         self
     }

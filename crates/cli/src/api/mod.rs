@@ -5,7 +5,7 @@
 //!   [`search`](Agent::search), [`sync`](Agent::sync), peer trust;
 //! - [`P2PServer`]: run this agent's node (what `mmogit serve` runs) and
 //!   watch its [`Event`]s, memories received included;
-//! - [`connect_to_peer`] and [`Discovery::add_peer`]: reach and trust peers
+//! - [`connect_to_peer`] and [`Peering::add_peer`]: reach and trust peers
 //!   (what `mmogit p2p connect` and `mmogit p2p add` do).
 //!
 //! The CLI is built on these same calls.
@@ -17,7 +17,7 @@ mod server;
 pub mod sync;
 
 pub use agent::Agent;
-pub use discovery::{connect_to_peer, remote_users, Discovery, PeerAdded};
+pub use discovery::{connect_to_peer, remote_users, PeerAdded, Peering};
 pub use error::{Error, Result};
 pub use server::{Event, Events, P2PServer, ServerHandle};
 pub use sync::{PeerSyncResult, Refusal, SyncOptions, SyncProgress, SyncTarget};
