@@ -275,10 +275,14 @@ fn nodes_see_each_other_and_a_stopped_node_disappears() {
     let human = run(mmogit_in(
         lan.host(2),
         &b,
-        &["p2p", "discover", "--timeout", "1500ms"],
+        &["p2p", "discover", "--timeout", "2s"],
     ));
-    assert!(human.ok().contains(&apk[..12]), "{}", human.stdout);
-    assert!(human.stdout.contains("new") && human.stdout.contains("10.77.0.1:7420"));
+    let out = human.ok();
+    assert!(out.contains(&apk[..12]), "{out}");
+    assert!(
+        out.contains("new") && out.contains("10.77.0.1:7420"),
+        "{out}"
+    );
 
     // Discovery trusted nobody.
     let listed = run(mmogit_in(lan.host(2), &b, &["p2p", "list", "--json"])).json();
