@@ -192,15 +192,10 @@ pub fn parse_tips(tips: &[BranchTip]) -> Vec<(PublicKey, Oid)> {
 /// Whether `theirs` holds a tip we lack: one we do not have, or that is not
 /// an ancestor of (or equal to) our tip of that branch.
 fn lacking(store: &Store, theirs: &[(PublicKey, Oid)]) -> bool {
-    let repo = store.git();
     theirs
         .iter()
         .any(|(pk, t)| match store.tip(pk).ok().flatten() {
-            Some(ours) if ours == *t => false,
-            Some(ours) => {
-                repo.find_commit(*t).is_err()
-                    || !repo.graph_descendant_of(ours, *t).unwrap_or(false)
-            }
+            Some(ours) => !store.includes(ours, *t),
             None => true,
         })
 }
@@ -1421,15 +1416,10 @@ pub async fn sync_connection(
         let ours_p = parse_tips(&ours);
         blocking(move || {
             let store = open(&repo)?;
-            let repo = store.git();
             Ok(ours_p.iter().any(|(pk, tip)| {
                 match theirs.iter().find(|(k, _)| k == pk).map(|(_, t)| *t) {
                     None => true,
-                    Some(t) if t == *tip => false,
-                    Some(t) => {
-                        repo.find_commit(t).is_err()
-                            || !repo.graph_descendant_of(t, *tip).unwrap_or(false)
-                    }
+                    Some(t) => !store.includes(t, *tip),
                 }
             }))
         })

@@ -291,6 +291,16 @@ impl Store {
         Ok((out, bad))
     }
 
+    /// Whether the history ending at `tip` includes `commit`: they are
+    /// equal, or `tip` descends from it. False when either is unknown here.
+    /// (Whether a branch is ahead of, behind or beside another: the one
+    /// ancestry question replication and sync ask.)
+    pub fn includes(&self, tip: Oid, commit: Oid) -> bool {
+        tip == commit
+            || (self.repo.find_commit(commit).is_ok()
+                && self.repo.graph_descendant_of(tip, commit).unwrap_or(false))
+    }
+
     /// Tip of `author`'s branch.
     pub fn tip(&self, author: &PublicKey) -> Result<Option<Oid>, StoreError> {
         match self.repo.refname_to_id(&branch_name(author)) {

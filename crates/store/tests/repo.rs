@@ -501,3 +501,33 @@ fn recall_resumes_after_a_key_and_refuses_too_broad_queries() {
         assert!(bad.parse::<mmogit_store::RecallKey>().is_err(), "{bad}");
     }
 }
+
+#[test]
+fn includes_answers_ahead_behind_and_beside() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_or_init(&dir.path().join("m.git")).unwrap();
+    let other = Store::open_or_init(&dir.path().join("o.git")).unwrap();
+    let me = Identity::from_secret_bytes(&[4; 32]);
+    let tips: Vec<git2::Oid> = (0..3)
+        .map(|i| {
+            remember(
+                &store,
+                &me,
+                new(MemoryType::Learning, &format!("m {i}"), &[]),
+            );
+            store.tip(&me.public_key()).unwrap().unwrap()
+        })
+        .collect();
+    let (a, c) = (tips[0], tips[2]);
+    assert!(store.includes(c, a), "a later tip includes an earlier one");
+    assert!(store.includes(a, a));
+    assert!(
+        !store.includes(a, c),
+        "an earlier tip does not include a later one"
+    );
+    // A history of its own (another repository), unknown here.
+    remember(&other, &me, new(MemoryType::Learning, "elsewhere", &[]));
+    let beside = other.tip(&me.public_key()).unwrap().unwrap();
+    assert!(!store.includes(c, beside));
+    assert!(!store.includes(beside, c));
+}

@@ -493,7 +493,7 @@ fn sync_git(
             .map(|(_, oid)| *oid);
         let is_ancestor = match theirs {
             None => true,
-            Some(t) => t == ours || store.git().graph_descendant_of(ours, t).unwrap_or(false),
+            Some(t) => store.includes(ours, t),
         };
         let missing = store.count_commits(ours, theirs)?;
         if missing > 0 {

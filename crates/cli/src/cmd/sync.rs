@@ -336,26 +336,16 @@ fn status(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
             let compared = tips.and_then(|remote| {
                 // Incoming: the peer holds a tip that we neither have nor
                 // have gone past. Outgoing: our branch is ahead of the peer's.
-                let repo = store.git();
                 let mut incoming = false;
                 for (pk, theirs) in &remote {
-                    let ours = store.tip(pk)?;
-                    let held = ours == Some(*theirs)
-                        || (repo.find_commit(*theirs).is_ok()
-                            && ours.is_some_and(|o| {
-                                repo.graph_descendant_of(o, *theirs).unwrap_or(false)
-                            }));
+                    let held = store.tip(pk)?.is_some_and(|o| store.includes(o, *theirs));
                     incoming |= !held;
                 }
                 let outgoing = match store.tip(&me)? {
                     None => false,
                     Some(ours) => match remote.iter().find(|(pk, _)| *pk == me) {
                         None => true,
-                        Some((_, theirs)) => {
-                            *theirs != ours
-                                && repo.find_commit(*theirs).is_ok()
-                                && repo.graph_descendant_of(ours, *theirs).unwrap_or(false)
-                        }
+                        Some((_, theirs)) => *theirs != ours && store.includes(ours, *theirs),
                     },
                 };
                 Ok((incoming, outgoing))
