@@ -690,6 +690,18 @@ mod tests {
         Identity::from_secret_bytes(&[n; 32]).public_key()
     }
 
+    /// A registry for `us` with the default dial schedule.
+    fn registry(us: PublicKey) -> Registry {
+        Registry::new(
+            us,
+            DialParams {
+                base: Duration::from_secs(1),
+                cap: Duration::from_secs(300),
+                healthy: Duration::from_secs(10),
+            },
+        )
+    }
+
     #[test]
     fn duplicate_rule_is_symmetric() {
         for (a, b) in [(1u8, 2u8), (2, 1), (3, 9), (9, 3)] {
@@ -721,14 +733,7 @@ mod tests {
     async fn one_session_per_peer() {
         let (us, them) = (key(1), key(2));
         let us_lower = us.as_bytes() < them.as_bytes();
-        let r = Registry::new(
-            us,
-            DialParams {
-                base: Duration::from_secs(1),
-                cap: Duration::from_secs(300),
-                healthy: Duration::from_secs(10),
-            },
-        );
+        let r = registry(us);
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let c1 = Arc::new(SessionCtl::default());
@@ -757,14 +762,7 @@ mod tests {
     #[tokio::test]
     async fn a_trust_change_closes_client_sessions_too() {
         let (us, them, other) = (key(1), key(2), key(3));
-        let r = Registry::new(
-            us,
-            DialParams {
-                base: Duration::from_secs(1),
-                cap: Duration::from_secs(300),
-                healthy: Duration::from_secs(10),
-            },
-        );
+        let r = registry(us);
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let peer = Arc::new(SessionCtl::default());

@@ -73,13 +73,7 @@ async fn setup() -> Setup {
         .ingest_bundle(&p, "t")
         .unwrap()
         .is_ok());
-    let held: Vec<PublicKey> = Store::open(&a)
-        .unwrap()
-        .branches()
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let held = held_branches(&a);
     assert_eq!(held.len(), 2, "the node holds both branches");
 
     let peers = dir.path().join("peers1.json");
@@ -147,6 +141,17 @@ async fn recv_until<T>(conn: &mut Connection, mut f: impl FnMut(Message) -> Opti
 
 fn authors(tips: &[mmogit_proto::BranchTip]) -> Vec<String> {
     tips.iter().map(|t| t.author.clone()).collect()
+}
+
+/// The authors whose branches the repository at `repo` holds.
+fn held_branches(repo: &std::path::Path) -> Vec<PublicKey> {
+    Store::open(repo)
+        .unwrap()
+        .branches()
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,13 +232,7 @@ async fn pull_answers_hold_only_own_branch() {
         .await
         .unwrap();
     assert!(out.pull_error.is_none(), "{:?}", out.pull_error);
-    let got: Vec<PublicKey> = Store::open(&mine)
-        .unwrap()
-        .branches()
-        .unwrap()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let got = held_branches(&mine);
     assert_eq!(got, vec![key(1)], "pulled branches");
     conn.close("done").await.unwrap();
     s.node.shutdown().await;
