@@ -33,8 +33,8 @@ pub use query::{Filter, RecallKey, RecallResult, Warning};
 pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX, NO_FSYNC_ENV};
 pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
 pub use sync::{
-    BranchIngest, BundleInfo, Incoming, IngestReport, IngestStatus, DEFAULT_BUNDLE_TIMEOUT,
-    EVIDENCE_PREFIX, MAX_EVIDENCE_PER_AUTHOR, QUARANTINE_PREFIX,
+    BranchIngest, Incoming, IngestReport, IngestStatus, EVIDENCE_PREFIX, MAX_EVIDENCE_PER_AUTHOR,
+    QUARANTINE_PREFIX,
 };
 pub use verify::{Problem, VerifyReport};
 

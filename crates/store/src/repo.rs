@@ -84,7 +84,7 @@ pub(crate) enum Change {
     Foreign { path: String, reason: String },
 }
 
-/// Environment variable that turns fsync off (see [`durable_writes`]): for
+/// Environment variable that turns fsync off (see `durable_writes`): for
 /// benchmarks that compare with and without it in one run, never for use.
 pub const NO_FSYNC_ENV: &str = "MMOGIT_BENCH_NO_FSYNC";
 

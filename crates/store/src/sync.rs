@@ -11,23 +11,23 @@
 //!    descend from ours) is refused and kept as evidence under
 //!    `refs/mmogit/evidence/<key>/<unix time>`.
 //!
-//! A crash at any point leaves `refs/heads/*` as it was: the only writes
-//! before the final compare-and-swap are objects and quarantine refs, and
-//! stale quarantine refs are deleted at the start of the next fetch.
+//! A crash at any point leaves `refs/heads/*` as it was: before the final
+//! compare-and-swap nothing is written but the quarantine (a repository of
+//! its own, see `quarantine.rs`) and the objects moved in from it; a
+//! quarantine left by a killed ingest is removed by the next one.
 //!
-//! [`Store::create_bundle`] is the sending side for peers that are not git
-//! remotes: a `git bundle` of our branches minus what the peer already has;
-//! the receiver passes the bundle file to `fetch_into_quarantine`.
+//! The sending side for peers that are not git remotes is
+//! [`Store::build_bundle`] (bundle.rs): a v2 git bundle of our branches
+//! minus what the peer already has, which [`Store::ingest_bundle`] (or
+//! `fetch_into_quarantine`, given the file) takes in.
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use git2::{ErrorCode, Oid};
 use mmogit_identity::PublicKey;
-use sha2::{Digest, Sha256};
 
 use crate::quarantine::Quarantine;
 use crate::repo::{branch_name, Store, WriteLock, BRANCH_PREFIX};
@@ -41,8 +41,6 @@ pub const EVIDENCE_PREFIX: &str = "refs/mmogit/evidence/";
 /// Evidence refs kept per author at most; later rewritten histories of the
 /// same author are refused without being kept.
 pub const MAX_EVIDENCE_PER_AUTHOR: usize = 16;
-/// Time limit of [`Store::create_bundle`].
-pub const DEFAULT_BUNDLE_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_CAS_ATTEMPTS: u32 = 20;
 
 /// What happened to one incoming branch.
@@ -132,19 +130,6 @@ impl IngestReport {
             .iter()
             .all(|b| matches!(b.status, IngestStatus::Accepted | IngestStatus::Unchanged))
     }
-}
-
-/// A bundle written by [`Store::create_bundle`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BundleInfo {
-    /// Size of the file in bytes.
-    pub size: u64,
-    /// SHA-256 of the file, lowercase hex.
-    pub sha256: String,
-    /// The branches it carries, with their tips.
-    pub branches: Vec<(PublicKey, Oid)>,
-    /// Commits it carries (over all branches).
-    pub commits: usize,
 }
 
 /// Exit status and output of a git command.
@@ -642,101 +627,6 @@ impl Store {
         }
         out.sort();
         Ok(out)
-    }
-
-    /// [`Store::create_bundle_with_timeout`] with [`DEFAULT_BUNDLE_TIMEOUT`].
-    pub fn create_bundle(
-        &self,
-        path: &Path,
-        have: &[(PublicKey, Oid)],
-        only: Option<&[PublicKey]>,
-    ) -> Result<Option<BundleInfo>, StoreError> {
-        self.create_bundle_with_timeout(path, have, only, DEFAULT_BUNDLE_TIMEOUT)
-    }
-
-    /// Writes a git bundle at `path` of every `users/*` branch we hold (or
-    /// only those of `only`), without what the other side already has: each
-    /// `have` tip known to our repository is excluded with its history (a tip
-    /// we do not know is ignored, so that branch is sent in full). Returns
-    /// None, writing nothing, when nothing is new for the other side.
-    pub fn create_bundle_with_timeout(
-        &self,
-        path: &Path,
-        have: &[(PublicKey, Oid)],
-        only: Option<&[PublicKey]>,
-        timeout: Duration,
-    ) -> Result<Option<BundleInfo>, StoreError> {
-        let repo = self.git();
-        let known = self.known_commits(have);
-        let mut branches = Vec::new();
-        let mut commits = 0;
-        for (pk, tip) in self.branches()? {
-            if only.is_some_and(|o| !o.contains(&pk)) {
-                continue;
-            }
-            let mut walk = repo.revwalk()?;
-            walk.push(tip)?;
-            for k in &known {
-                walk.hide(*k)?;
-            }
-            let mut n = 0;
-            for c in walk {
-                c?;
-                n += 1;
-            }
-            if n > 0 {
-                branches.push((pk, tip));
-                commits += n;
-            }
-        }
-        if branches.is_empty() {
-            return Ok(None);
-        }
-        let mut revs = String::new();
-        for (pk, _) in &branches {
-            revs.push_str(&branch_name(pk));
-            revs.push('\n');
-        }
-        for k in &known {
-            revs.push_str(&format!("^{k}\n"));
-        }
-        let args: Vec<OsString> = vec![
-            "bundle".into(),
-            "create".into(),
-            "--quiet".into(),
-            path.as_os_str().to_owned(),
-            "--stdin".into(),
-        ];
-        let what = format!("git bundle create {}", path.display());
-        let out = self.run_git(&what, &args, Some(revs.into_bytes()), timeout)?;
-        if !out.status.success() {
-            return Err(StoreError::GitCommand {
-                command: what,
-                message: out.stderr_text(),
-            });
-        }
-        let io = |source| StoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut f = std::fs::File::open(path).map_err(io)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = f.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            size += n as u64;
-            hasher.update(&buf[..n]);
-        }
-        Ok(Some(BundleInfo {
-            size,
-            sha256: hex::encode(hasher.finalize()),
-            branches,
-            commits,
-        }))
     }
 
     /// The `users/*` branch tips of `source` (git URL, remote name or path),
