@@ -212,13 +212,8 @@ fn writers_beside_repeated_gc_lose_nothing() {
     assert!(gcs >= 2, "gc ran {gcs} times");
     let store = Store::open(&c.path).unwrap();
     assert!(store.verify_all().unwrap().is_ok());
-    let held: std::collections::HashSet<String> = store
-        .recall(&Filter::default())
-        .unwrap()
-        .memories
-        .iter()
-        .map(|m| m.id().to_string())
-        .collect();
+    let held: std::collections::HashSet<String> =
+        common::recalled_ids(&store).into_iter().collect();
     for id in &ids {
         assert!(held.contains(id), "memory {id} lost");
     }

@@ -83,13 +83,7 @@ fn ranking_puts_the_memories_with_the_words_first() {
     // Stemming: the plural finds the singular.
     assert!(find(&store, Some(&a), "checkers").contains(&both.id().to_string()));
     // Plain recall keeps its newest-first order.
-    let plain: Vec<String> = store
-        .recall(&Filter::default())
-        .unwrap()
-        .memories
-        .iter()
-        .map(|m| m.id().to_string())
-        .collect();
+    let plain = common::recalled_ids(&store);
     assert_eq!(plain[0], again.id());
     assert_eq!(plain[3], both.id());
 }

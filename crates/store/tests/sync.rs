@@ -7,7 +7,7 @@ use std::time::Duration;
 use git2::Oid;
 use mmogit_identity::{Identity, PublicKey};
 use mmogit_store::{
-    branch_name, Filter, IngestReport, IngestStatus, MemoryType, NewMemory, Store, VerifiedMemory,
+    branch_name, IngestReport, IngestStatus, MemoryType, NewMemory, Store, VerifiedMemory,
 };
 
 mod common;
@@ -76,13 +76,7 @@ fn heads(store: &Store) -> Vec<(String, Oid)> {
 }
 
 fn recall_ids(store: &Store) -> Vec<String> {
-    let mut ids: Vec<String> = store
-        .recall(&Filter::default())
-        .unwrap()
-        .memories
-        .iter()
-        .map(|m| m.id().to_string())
-        .collect();
+    let mut ids = common::recalled_ids(store);
     ids.sort();
     ids
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use mmogit_identity::Identity;
-use mmogit_store::{MemoryType, NewMemory, Store, VerifiedMemory};
+use mmogit_store::{Filter, MemoryType, NewMemory, Store, VerifiedMemory};
 
 /// A public memory with no confidence.
 pub fn new(kind: MemoryType, content: &str, tags: &[&str]) -> NewMemory {
@@ -58,4 +58,15 @@ pub fn repo() -> Repo {
 /// The identity whose secret key is 32 bytes of `n`.
 pub fn id(n: u8) -> Identity {
     Identity::from_secret_bytes(&[n; 32])
+}
+
+/// Ids of every memory `recall` returns, in its order (newest first).
+pub fn recalled_ids(store: &Store) -> Vec<String> {
+    store
+        .recall(&Filter::default())
+        .unwrap()
+        .memories
+        .iter()
+        .map(|m| m.id().to_string())
+        .collect()
 }
