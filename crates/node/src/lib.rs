@@ -22,12 +22,13 @@
 //! `crate::` paths in the sources.
 //!
 //! 1. `backoff` `config` `discovery` `event` `peers` `queue`: use nothing of the crate
-//! 2. `error` `inbox` `registry` `trust`: errors, data delivery, sessions, trust policy
-//! 3. `conn` `status`: one framed connection; the status file
-//! 4. `client` `shared`: outbound connections; the state a running node's tasks share
-//! 5. `peer_session` `replicate`: the session driver; memory replication
-//! 6. `dialer` `server`: the dialer and status writer; the accept loop and handshake
-//! 7. `node`: [`Node`] and [`NodeHandle`], which start and stop the tasks
+//! 2. `service`: the node's decisions without I/O (sessions, dials, replication)
+//! 3. `error` `inbox` `registry` `trust`: errors, data delivery, sessions, trust policy
+//! 4. `conn` `status`: one framed connection; the status file
+//! 5. `client` `shared`: outbound connections; the state a running node's tasks share
+//! 6. `peer_session` `replicate`: the session driver; memory replication
+//! 7. `dialer` `server`: the dialer and status writer; the accept loop and handshake
+//! 8. `node`: [`Node`] and [`NodeHandle`], which start and stop the tasks
 
 // `NodeError::NotAuthorized` carries the peer's key by value (the CLI
 // matches on it); errors are rare and never on a hot path.
@@ -49,6 +50,7 @@ mod queue;
 mod registry;
 pub mod replicate;
 mod server;
+pub mod service;
 mod shared;
 pub mod status;
 mod trust;

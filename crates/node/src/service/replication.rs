@@ -1,0 +1,1 @@
+//! Replication decisions (being moved here from replicate.rs).

@@ -1,0 +1,1 @@
+//! Sessions and dials (being moved here from the registry).
