@@ -96,6 +96,20 @@ impl PartialEq for PublicKey {
 
 impl Eq for PublicKey {}
 
+/// Ordered by their 32 bytes: a stable order for maps whose iteration must
+/// not depend on a hasher's random seed (the node's deterministic service).
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl std::hash::Hash for PublicKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.as_bytes().hash(state)
