@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use mmogit::HomeError;
 use mmogit_identity::IdentityError;
+use mmogit_node::replicate::ReplicateError;
 use mmogit_node::{NodeError, PeerStoreError};
 use mmogit_store::StoreError;
 
@@ -101,6 +102,16 @@ fn node_code(e: &NodeError) -> Option<u8> {
     }
 }
 
+/// A sync's error: the peer's fault keeps the connection codes; our store
+/// failing is a failure of ours (1), never reported as the peer's.
+fn replicate_code(e: &ReplicateError) -> Option<u8> {
+    match e {
+        ReplicateError::Peer(e) => node_code(e),
+        ReplicateError::Store(e) => Some(store_code(e).unwrap_or(code::FAILURE)),
+        _ => Some(code::FAILURE),
+    }
+}
+
 /// The code of an error of the library API (None: look at its causes).
 fn api_code(e: &mmogit::Error) -> Option<u8> {
     match e {
@@ -130,6 +141,8 @@ pub fn code_of(err: &anyhow::Error) -> u8 {
             store_code(e)
         } else if let Some(e) = cause.downcast_ref::<NodeError>() {
             node_code(e)
+        } else if let Some(e) = cause.downcast_ref::<ReplicateError>() {
+            replicate_code(e)
         } else if let Some(e) = cause.downcast_ref::<PeerStoreError>() {
             peers_code(e)
         } else {

@@ -169,7 +169,7 @@ async fn timed_sync(
     conn: &mut Connection,
     deadline: Duration,
 ) -> (
-    Result<mmogit_node::replicate::SyncOutcome, NodeError>,
+    Result<mmogit_node::replicate::SyncOutcome, mmogit_node::replicate::ReplicateError>,
     Duration,
     tempfile::TempDir,
 ) {
@@ -190,7 +190,15 @@ async fn unrelated_messages_do_not_extend_a_sync_wait() {
     let (node, mut conn) = hostile(Behaviour::Silent).await;
     chatter(&node, Duration::ZERO, announce);
     let (r, took, _) = timed_sync(&mut conn, Duration::from_secs(60)).await;
-    assert!(matches!(r, Err(NodeError::Timeout(_))), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(mmogit_node::replicate::ReplicateError::Peer(
+                NodeError::Timeout(_)
+            ))
+        ),
+        "{r:?}"
+    );
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 

@@ -10,5 +10,5 @@
 //! feeds these machines and carries out their actions: it moves bytes, runs
 //! store work on blocking threads, and reports the results back as inputs.
 
-pub(crate) mod replication;
+pub mod replication;
 pub(crate) mod sessions;

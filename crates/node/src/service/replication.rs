@@ -1,1 +1,868 @@
-//! Replication decisions (being moved here from replicate.rs).
+//! Replication decisions: announce our tips, pull what a peer announces that
+//! we lack, serve what peers pull, answer queries, and keep one bundle
+//! flowing between two nodes at a time.
+//!
+//! [`Replication`] is a state machine. Each [`Input`] is handled at a time
+//! `now` the caller gives; what to do comes out as [`Io`] actions. Store work
+//! (reading tips, opening and writing an incoming transfer, the verified
+//! ingest) is an action whose result comes back as [`Input::Done`]; sending a
+//! bundle and answering a query are actions whose end comes back as
+//! [`Input::Served`] and [`Input::Answered`]. A session is named by a
+//! [`SessionId`] the caller chooses; the caller reports one that closed.
+//!
+//! Rules (see `docs/PROTOCOL.md`, "Replication"):
+//! * every poll, our served tips go to each connected peer whose session has
+//!   not had these tips yet (never waiting on a full queue: a peer whose
+//!   queue is full hears them on a later poll);
+//! * an announce of a tip we lack starts a pull, unless a pull or a send
+//!   with that peer runs: then the pull waits for it;
+//! * a sync request is served at once unless we are sending to that peer, or
+//!   our pull from it runs and our key is the lower one (two crossing
+//!   requests: the lower key answers after its own pull); such a request
+//!   waits (at most 4 per peer);
+//! * a pull with no progress for `transfer_timeout`, or running longer than
+//!   `transfer_deadline`, is abandoned; nothing of it is applied;
+//! * a peer's transfers count against its daily quota of bytes and
+//!   memories; at most [`MAX_CONCURRENT_QUERIES`] queries per peer run at
+//!   once, more are answered `busy`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use mmogit_identity::PublicKey;
+use mmogit_proto::{
+    BranchTip, GitBundle, IngestSummary, MemoryRequest, MemoryResponse, Message, SyncRequest,
+    TransferInfo,
+};
+use tracing::{debug, info, warn};
+
+/// Queries of one peer answered at once; more are refused with `busy`.
+pub const MAX_CONCURRENT_QUERIES: usize = 4;
+/// Length of a quota period.
+pub const QUOTA_PERIOD: Duration = Duration::from_secs(24 * 3600);
+/// Sync requests of one peer kept waiting while a transfer with it runs.
+pub const MAX_DEFERRED: usize = 4;
+
+/// A session, as the caller names it.
+pub type SessionId = u64;
+/// A piece of store work, to match its result.
+pub type JobId = u64;
+
+/// The limits replication decides with.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Our key (breaks the tie of two crossing pulls).
+    pub me: PublicKey,
+    /// Largest bundle received.
+    pub max_transfer: u64,
+    /// A pull with no progress for this long is abandoned.
+    pub transfer_timeout: Duration,
+    /// A pull running longer than this is abandoned, progress or not.
+    pub transfer_deadline: Duration,
+    /// Bundle bytes taken from one peer per quota period.
+    pub quota_bytes: u64,
+    /// Memories accepted from one peer per quota period.
+    pub quota_memories: u64,
+}
+
+/// Something that happened, for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicationEvent {
+    /// A bundle from `peer` went through the ingest gate.
+    Ingested {
+        peer: PublicKey,
+        memories: usize,
+        branches: usize,
+        refused: Vec<String>,
+    },
+    /// A pull from `peer` failed (transfer refused, bad hash, timeout...).
+    PullFailed { peer: PublicKey, reason: String },
+    /// We sent a bundle to `peer`.
+    Sent {
+        peer: PublicKey,
+        bytes: u64,
+        commits: u64,
+    },
+}
+
+/// Store work for the caller to run (on a blocking thread), answered with
+/// [`Input::Done`] and the matching [`Outcome`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Work {
+    /// The tips we show peers → [`Outcome::Tips`].
+    ServedTips,
+    /// All our tips (the `have` of a pull) → [`Outcome::Tips`].
+    OurTips,
+    /// Whether these tips of a peer hold anything we lack → [`Outcome::Lacking`].
+    Lacking(Vec<BranchTip>),
+    /// Open the incoming transfer of `peer` (its checks, its file) →
+    /// [`Outcome::Started`].
+    Start(TransferInfo),
+    /// Write one chunk of `peer`'s incoming transfer → [`Outcome::Chunk`].
+    Chunk(GitBundle),
+    /// Check and ingest `peer`'s complete transfer → [`Outcome::Ingested`].
+    Ingest,
+}
+
+/// The result of a [`Work`]; an `Err` is a store failure or a refusal, as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Tips(Result<Vec<BranchTip>, String>),
+    Lacking(Result<bool, String>),
+    Started(Result<(), String>),
+    /// Ok(true) when the transfer is complete.
+    Chunk(Result<bool, String>),
+    Ingested(Result<IngestSummary, String>),
+}
+
+/// What to do when a message cannot be queued at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfFull {
+    /// Drop it.
+    Drop,
+    /// An announce: report it ([`Input::NotQueued`]), it is sent again later.
+    Announce,
+    /// The pull request `id`: report it, the pull is tried again later.
+    Pull(u64),
+}
+
+/// What the node should do.
+// Actions are carried out as they come; the outbox holds a handful.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Io {
+    /// Queue `msg` on `session` now, never waiting; when its queue is full
+    /// (or it closed) and `if_full` is not `Drop`, report
+    /// [`Input::NotQueued`].
+    Send {
+        peer: PublicKey,
+        session: SessionId,
+        msg: Message,
+        if_full: IfFull,
+    },
+    /// Queue `msg` on `session`, waiting for room apart from everything else.
+    SendLater {
+        peer: PublicKey,
+        session: SessionId,
+        msg: Message,
+    },
+    /// Run store work for `peer`; report [`Input::Done`].
+    Work {
+        job: JobId,
+        peer: PublicKey,
+        work: Work,
+    },
+    /// Drop `peer`'s incoming transfer, if any (its file goes with it).
+    Discard { peer: PublicKey },
+    /// Answer the sync request `req` on `session` (build the bundle, send
+    /// the transfer and its chunks); report [`Input::Served`].
+    Serve {
+        peer: PublicKey,
+        session: SessionId,
+        req: MemoryRequest,
+    },
+    /// Answer the query `req` on `session`; report [`Input::Answered`].
+    Answer {
+        peer: PublicKey,
+        session: SessionId,
+        req: MemoryRequest,
+    },
+    /// Something to report.
+    Event(ReplicationEvent),
+}
+
+/// What happens to the node.
+// A message is most of an input; inputs are handled one at a time, never
+// stored in bulk.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// A poll: `connected` are the peers with a peer session now, and it.
+    Tick {
+        connected: Vec<(PublicKey, SessionId)>,
+    },
+    /// A replication message from `peer` on `session`.
+    Received {
+        peer: PublicKey,
+        session: SessionId,
+        msg: Message,
+    },
+    /// A session ended.
+    Closed(SessionId),
+    /// Store work finished.
+    Done { job: JobId, outcome: Outcome },
+    /// A message could not be queued (`closed`: the session is gone).
+    NotQueued {
+        peer: PublicKey,
+        session: SessionId,
+        what: IfFull,
+        closed: bool,
+    },
+    /// A sync request of `peer` was answered; `sent` is (bytes, commits)
+    /// when a bundle went out.
+    Served {
+        peer: PublicKey,
+        sent: Option<(u64, u64)>,
+    },
+    /// A query of `peer` was answered.
+    Answered { peer: PublicKey },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The request is out; no transfer announced yet.
+    Requested,
+    /// Chunks are coming.
+    Receiving,
+    /// The whole bundle is being verified and ingested.
+    Ingesting,
+}
+
+/// A pull of ours from one peer.
+#[derive(Debug)]
+struct Pull {
+    id: u64,
+    session: SessionId,
+    started: Instant,
+    last_progress: Instant,
+    stage: Stage,
+    transfer_id: String,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    pull: Option<Pull>,
+    /// Sending a bundle to this peer.
+    sending: bool,
+    /// Their sync requests waiting for our transfer with them to end.
+    deferred: VecDeque<(MemoryRequest, SessionId)>,
+    /// An announce arrived while busy: pull again when idle, on this session.
+    want_pull: Option<SessionId>,
+    /// Tips last announced to this peer, and on which session: a peer that
+    /// reconnected between two polls hears them again.
+    announced: Option<(SessionId, Vec<BranchTip>)>,
+}
+
+/// What one peer sent us in the current quota period (a restart starts a
+/// new period).
+#[derive(Debug, Default)]
+struct Quota {
+    since: Option<Instant>,
+    bytes: u64,
+    memories: u64,
+    /// The refusal was logged this period.
+    warned: bool,
+}
+
+impl Quota {
+    /// Starts a new period when the current one is over.
+    fn roll(&mut self, now: Instant) -> &mut Quota {
+        if self
+            .since
+            .is_none_or(|s| now.saturating_duration_since(s) >= QUOTA_PERIOD)
+        {
+            *self = Quota {
+                since: Some(now),
+                ..Quota::default()
+            };
+        }
+        self
+    }
+
+    /// Why nothing more is taken from this peer this period, if so.
+    fn exhausted(&mut self, now: Instant, p: &Policy) -> Option<String> {
+        let q = self.roll(now);
+        if q.memories >= p.quota_memories {
+            Some(format!(
+                "daily quota reached: {} memories accepted from this peer (limit {})",
+                q.memories, p.quota_memories
+            ))
+        } else if q.bytes >= p.quota_bytes {
+            Some(format!(
+                "daily quota reached: {} bytes received from this peer (limit {})",
+                q.bytes, p.quota_bytes
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a piece of store work was asked for.
+#[derive(Debug)]
+enum Job {
+    Announce(Vec<(PublicKey, SessionId)>),
+    Lacking(PublicKey, SessionId),
+    PullTips(PublicKey, SessionId),
+    Start(PublicKey, u64, u64, String),
+    Chunk(PublicKey, u64, SessionId),
+    Ingest(PublicKey, u64, SessionId, String),
+}
+
+/// The replication state machine; see the module documentation.
+pub struct Replication {
+    policy: Policy,
+    peers: BTreeMap<PublicKey, PeerState>,
+    /// What each peer sent us this quota period (kept across its sessions:
+    /// a reconnect does not start a new period).
+    quotas: BTreeMap<PublicKey, Quota>,
+    /// Each peer's queries being answered now (kept across its sessions).
+    queries: BTreeMap<PublicKey, usize>,
+    jobs: BTreeMap<JobId, Job>,
+    next_pull: u64,
+    next_job: JobId,
+    outbox: VecDeque<Io>,
+}
+
+impl Replication {
+    pub fn new(policy: Policy) -> Replication {
+        Replication {
+            policy,
+            peers: BTreeMap::new(),
+            quotas: BTreeMap::new(),
+            queries: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            next_pull: 1,
+            next_job: 1,
+            outbox: VecDeque::new(),
+        }
+    }
+
+    /// The next action, oldest first.
+    pub fn next_io(&mut self) -> Option<Io> {
+        self.outbox.pop_front()
+    }
+
+    /// Store work asked for and not answered yet.
+    pub fn pending_work(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Handles one input at `now`; the actions it leads to wait in the
+    /// outbox ([`Replication::next_io`]).
+    pub fn handle(&mut self, now: Instant, input: Input) {
+        match input {
+            Input::Tick { connected } => self.on_tick(now, connected),
+            Input::Received { peer, session, msg } => self.on_message(now, peer, session, msg),
+            Input::Closed(session) => self.on_closed(now, session),
+            Input::Done { job, outcome } => match self.jobs.remove(&job) {
+                Some(j) => self.on_done(now, j, outcome),
+                None => debug!(job, "result of no pending work"),
+            },
+            Input::NotQueued {
+                peer,
+                session,
+                what,
+                closed,
+            } => self.on_not_queued(peer, session, what, closed),
+            Input::Served { peer, sent } => {
+                if let Some((bytes, commits)) = sent {
+                    info!(peer = %peer.short(12), bytes, commits, "bundle sent");
+                    self.emit(ReplicationEvent::Sent {
+                        peer,
+                        bytes,
+                        commits,
+                    });
+                }
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.sending = false;
+                }
+                self.after_pull(now, peer);
+            }
+            Input::Answered { peer } => {
+                if let Some(n) = self.queries.get_mut(&peer) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self, e: ReplicationEvent) {
+        self.outbox.push_back(Io::Event(e));
+    }
+
+    fn work(&mut self, peer: PublicKey, work: Work, why: Job) {
+        let job = self.next_job;
+        self.next_job += 1;
+        self.jobs.insert(job, why);
+        self.outbox.push_back(Io::Work { job, peer, work });
+    }
+
+    fn send(&mut self, peer: PublicKey, session: SessionId, msg: Message, if_full: IfFull) {
+        self.outbox.push_back(Io::Send {
+            peer,
+            session,
+            msg,
+            if_full,
+        });
+    }
+
+    fn on_tick(&mut self, now: Instant, mut connected: Vec<(PublicKey, SessionId)>) {
+        connected.sort();
+        connected.dedup_by_key(|(k, _)| *k);
+        // Abandon stalled pulls.
+        let p = &self.policy;
+        let mut failed = vec![];
+        for (pk, st) in self.peers.iter_mut() {
+            if let Some(pull) = &st.pull {
+                let reason =
+                    if now.saturating_duration_since(pull.last_progress) > p.transfer_timeout {
+                        "no progress"
+                    } else if now.saturating_duration_since(pull.started) > p.transfer_deadline {
+                        "over the transfer deadline"
+                    } else {
+                        continue;
+                    };
+                st.pull = None;
+                st.announced = None;
+                failed.push((*pk, reason));
+            }
+        }
+        for (peer, reason) in failed {
+            warn!(peer = %peer.short(12), reason, "pull abandoned; nothing applied");
+            self.outbox.push_back(Io::Discard { peer });
+            self.emit(ReplicationEvent::PullFailed {
+                peer,
+                reason: reason.into(),
+            });
+            self.after_pull(now, peer);
+        }
+        // Pulls put off because the session's queue was full.
+        let due: Vec<PublicKey> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| st.pull.is_none() && !st.sending && st.want_pull.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for peer in due {
+            self.after_pull(now, peer);
+        }
+        self.peers.retain(|k, st| {
+            connected.iter().any(|(c, _)| c == k) || st.pull.is_some() || st.sending
+        });
+        self.quotas.retain(|_, q| {
+            q.since
+                .is_some_and(|s| now.saturating_duration_since(s) < QUOTA_PERIOD)
+        });
+        self.queries.retain(|_, n| *n > 0);
+        if !connected.is_empty() {
+            self.work(self.policy.me, Work::ServedTips, Job::Announce(connected));
+        }
+    }
+
+    fn announce(&mut self, tips: Vec<BranchTip>, connected: Vec<(PublicKey, SessionId)>) {
+        for (peer, session) in connected {
+            let st = self.peers.entry(peer).or_default();
+            if st
+                .announced
+                .as_ref()
+                .is_some_and(|(s, t)| *s == session && *t == tips)
+            {
+                continue;
+            }
+            st.announced = Some((session, tips.clone()));
+            debug!(peer = %peer.short(12), branches = tips.len(), "announcing tips");
+            let msg = Message::MemoryResponse(MemoryResponse {
+                tips: Some(tips.clone()),
+                ..Default::default()
+            });
+            self.send(peer, session, msg, IfFull::Announce);
+        }
+    }
+
+    fn on_closed(&mut self, now: Instant, session: SessionId) {
+        let mut ended = vec![];
+        for (pk, st) in self.peers.iter_mut() {
+            if st.want_pull == Some(session) {
+                st.want_pull = None;
+            }
+            if st.announced.as_ref().is_some_and(|(s, _)| *s == session) {
+                st.announced = None;
+            }
+            st.deferred.retain(|(_, s)| *s != session);
+            if st.pull.as_ref().is_some_and(|p| p.session == session) {
+                st.pull = None;
+                ended.push(*pk);
+            }
+        }
+        // The peer restarted or the link dropped: a new session pulls afresh.
+        for peer in ended {
+            warn!(peer = %peer.short(12), reason = "session closed", "pull abandoned; nothing applied");
+            self.outbox.push_back(Io::Discard { peer });
+            self.emit(ReplicationEvent::PullFailed {
+                peer,
+                reason: "session closed".into(),
+            });
+            self.after_pull(now, peer);
+        }
+    }
+
+    fn on_not_queued(&mut self, peer: PublicKey, session: SessionId, what: IfFull, closed: bool) {
+        let Some(st) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        match what {
+            IfFull::Drop => {}
+            IfFull::Announce => {
+                if st.announced.as_ref().is_some_and(|(s, _)| *s == session) {
+                    st.announced = None;
+                }
+            }
+            IfFull::Pull(id) => {
+                if st.pull.as_ref().is_some_and(|p| p.id == id) {
+                    st.pull = None;
+                    if !closed {
+                        debug!(peer = %peer.short(12), "pull put off: the session's queue is full");
+                        st.want_pull = Some(session);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, now: Instant, peer: PublicKey, session: SessionId, msg: Message) {
+        match msg {
+            Message::MemoryRequest(req) if req.sync.is_some() => {
+                let me = self.policy.me;
+                let st = self.peers.entry(peer).or_default();
+                let crossing = st.pull.is_some() && me < peer;
+                if crossing || st.sending {
+                    if st.deferred.len() < MAX_DEFERRED {
+                        st.deferred.push_back((req, session));
+                    }
+                } else {
+                    self.start_send(peer, session, req);
+                }
+            }
+            Message::MemoryRequest(req) => {
+                let running = self.queries.entry(peer).or_default();
+                if *running >= MAX_CONCURRENT_QUERIES {
+                    debug!(peer = %peer.short(12), "query refused: too many at once");
+                    let busy = MemoryResponse {
+                        id: Some(req.id),
+                        error: Some(format!(
+                            "busy: at most {MAX_CONCURRENT_QUERIES} queries at once"
+                        )),
+                        ..Default::default()
+                    };
+                    // Only if there is room now: a peer flooding queries it
+                    // does not read gets no work per query.
+                    self.send(peer, session, Message::MemoryResponse(busy), IfFull::Drop);
+                    return;
+                }
+                *running += 1;
+                self.outbox.push_back(Io::Answer { peer, session, req });
+            }
+            Message::MemoryResponse(r) => self.on_response(now, peer, session, r),
+            Message::GitBundle(g) => self.on_chunk(peer, session, g),
+            other => debug!(peer = %peer.short(12), msg_type = %other.msg_type(), "ignored"),
+        }
+    }
+
+    fn start_send(&mut self, peer: PublicKey, session: SessionId, req: MemoryRequest) {
+        self.peers.entry(peer).or_default().sending = true;
+        self.outbox.push_back(Io::Serve { peer, session, req });
+    }
+
+    fn on_response(
+        &mut self,
+        now: Instant,
+        peer: PublicKey,
+        session: SessionId,
+        r: MemoryResponse,
+    ) {
+        if let Some(s) = &r.ingested {
+            if s.refused.is_empty() {
+                debug!(peer = %peer.short(12), memories = s.memories, "peer accepted our bundle");
+            } else {
+                warn!(peer = %peer.short(12), refused = ?s.refused, "peer refused part of our bundle");
+            }
+            return;
+        }
+        let Some(id) = r.id else {
+            // An announce.
+            if let Some(tips) = r.tips {
+                self.work(peer, Work::Lacking(tips), Job::Lacking(peer, session));
+            }
+            return;
+        };
+        let st = self.peers.entry(peer).or_default();
+        let Some(pull) = st.pull.as_mut().filter(|p| p.id == id) else {
+            debug!(peer = %peer.short(12), id, "answer to no pending request");
+            return;
+        };
+        if let Some(e) = r.error {
+            warn!(peer = %peer.short(12), error = %e, "pull refused by peer");
+            self.emit(ReplicationEvent::PullFailed { peer, reason: e });
+            self.finish_pull(now, peer);
+            return;
+        }
+        match r.transfer {
+            Some(info) if pull.stage == Stage::Requested => {
+                pull.last_progress = now;
+                let total = info.total_size;
+                if total > self.policy.max_transfer {
+                    let reason = format!(
+                        "transfer refused: {total} bytes declared, the limit is {}",
+                        self.policy.max_transfer
+                    );
+                    self.fail_pull(now, peer, reason);
+                    return;
+                }
+                let left = self
+                    .policy
+                    .quota_bytes
+                    .saturating_sub(self.quotas.entry(peer).or_default().roll(now).bytes);
+                if total > left {
+                    let reason = format!(
+                        "over the daily quota: a transfer of {total} bytes, {left} bytes left for this peer"
+                    );
+                    self.fail_pull(now, peer, reason);
+                    return;
+                }
+                let transfer_id = info.transfer_id.clone();
+                self.work(
+                    peer,
+                    Work::Start(info),
+                    Job::Start(peer, id, total, transfer_id),
+                );
+            }
+            Some(_) => {
+                self.outbox.push_back(Io::Discard { peer });
+                self.emit(ReplicationEvent::PullFailed {
+                    peer,
+                    reason: "second transfer for one request".into(),
+                });
+                self.finish_pull(now, peer);
+            }
+            None => {
+                debug!(peer = %peer.short(12), "nothing new from peer");
+                self.finish_pull(now, peer);
+            }
+        }
+    }
+
+    fn on_chunk(&mut self, peer: PublicKey, session: SessionId, g: GitBundle) {
+        let Some(pull) = self.peers.get(&peer).and_then(|s| s.pull.as_ref()) else {
+            debug!(peer = %peer.short(12), "chunk of no transfer; dropped");
+            return;
+        };
+        if pull.stage != Stage::Receiving {
+            debug!(peer = %peer.short(12), "chunk outside its transfer; dropped");
+            return;
+        }
+        let id = pull.id;
+        self.work(peer, Work::Chunk(g), Job::Chunk(peer, id, session));
+    }
+
+    fn pull_mut(&mut self, peer: &PublicKey, id: u64) -> Option<&mut Pull> {
+        self.peers
+            .get_mut(peer)
+            .and_then(|s| s.pull.as_mut())
+            .filter(|p| p.id == id)
+    }
+
+    fn on_done(&mut self, now: Instant, job: Job, outcome: Outcome) {
+        match (job, outcome) {
+            (Job::Announce(connected), Outcome::Tips(tips)) => match tips {
+                Ok(tips) => self.announce(tips, connected),
+                Err(e) => debug!(error = %e, "cannot read our tips"),
+            },
+            (Job::Lacking(peer, session), Outcome::Lacking(lacks)) => {
+                if !lacks.unwrap_or(false) {
+                    return;
+                }
+                let st = self.peers.entry(peer).or_default();
+                if st.pull.is_some() || st.sending {
+                    st.want_pull = Some(session);
+                    return;
+                }
+                self.start_pull(now, peer, session);
+            }
+            (Job::PullTips(peer, session), Outcome::Tips(have)) => {
+                let have = match have {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read our tips");
+                        return;
+                    }
+                };
+                let st = self.peers.entry(peer).or_default();
+                if st.pull.is_some() || st.sending {
+                    st.want_pull = Some(session);
+                    return;
+                }
+                let id = self.next_pull;
+                self.next_pull += 1;
+                st.pull = Some(Pull {
+                    id,
+                    session,
+                    started: now,
+                    last_progress: now,
+                    stage: Stage::Requested,
+                    transfer_id: String::new(),
+                });
+                debug!(peer = %peer.short(12), id, "pulling");
+                let req = Message::MemoryRequest(MemoryRequest {
+                    id,
+                    sync: Some(SyncRequest {
+                        have,
+                        max_transfer: Some(self.policy.max_transfer),
+                    }),
+                    ..Default::default()
+                });
+                self.send(peer, session, req, IfFull::Pull(id));
+            }
+            (Job::Start(peer, id, total, transfer_id), Outcome::Started(r)) => {
+                if self.pull_mut(&peer, id).is_none() {
+                    self.outbox.push_back(Io::Discard { peer });
+                    return;
+                }
+                match r {
+                    Ok(()) => {
+                        self.quotas.entry(peer).or_default().roll(now).bytes += total;
+                        if let Some(p) = self.pull_mut(&peer, id) {
+                            p.stage = Stage::Receiving;
+                            p.last_progress = now;
+                            p.transfer_id = transfer_id;
+                        }
+                    }
+                    Err(reason) => {
+                        warn!(peer = %peer.short(12), %reason, "transfer refused");
+                        self.emit(ReplicationEvent::PullFailed { peer, reason });
+                        self.finish_pull(now, peer);
+                    }
+                }
+            }
+            (Job::Chunk(peer, id, session), Outcome::Chunk(r)) => {
+                let Some(p) = self.pull_mut(&peer, id) else {
+                    self.outbox.push_back(Io::Discard { peer });
+                    return;
+                };
+                p.last_progress = now;
+                let transfer_id = p.transfer_id.clone();
+                match r {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        p.stage = Stage::Ingesting;
+                        self.work(
+                            peer,
+                            Work::Ingest,
+                            Job::Ingest(peer, id, session, transfer_id),
+                        );
+                    }
+                    Err(reason) => {
+                        self.outbox.push_back(Io::SendLater {
+                            peer,
+                            session,
+                            msg: refused_summary(id.to_string(), reason.clone()),
+                        });
+                        self.fail_pull(now, peer, reason);
+                    }
+                }
+            }
+            (Job::Ingest(peer, id, session, transfer_id), Outcome::Ingested(r)) => {
+                let still = self.pull_mut(&peer, id).is_some();
+                match r {
+                    Ok(s) => {
+                        self.quotas.entry(peer).or_default().roll(now).memories += s.memories;
+                        if s.refused.is_empty() {
+                            info!(peer = %peer.short(12), memories = s.memories, branches = s.branches, "accepted memories");
+                        } else {
+                            warn!(peer = %peer.short(12), memories = s.memories, refused = ?s.refused, "refused incoming memories");
+                        }
+                        self.emit(ReplicationEvent::Ingested {
+                            peer,
+                            memories: s.memories as usize,
+                            branches: s.branches as usize,
+                            refused: s.refused.clone(),
+                        });
+                        self.outbox.push_back(Io::SendLater {
+                            peer,
+                            session,
+                            msg: Message::MemoryResponse(MemoryResponse {
+                                ingested: Some(s),
+                                ..Default::default()
+                            }),
+                        });
+                    }
+                    Err(reason) => {
+                        warn!(peer = %peer.short(12), %reason, "transfer failed; nothing applied");
+                        self.emit(ReplicationEvent::PullFailed {
+                            peer,
+                            reason: reason.clone(),
+                        });
+                        self.outbox.push_back(Io::SendLater {
+                            peer,
+                            session,
+                            msg: refused_summary(transfer_id, reason),
+                        });
+                    }
+                }
+                if still {
+                    self.finish_pull(now, peer);
+                }
+            }
+            (job, outcome) => debug!(?job, ?outcome, "work answered with another outcome"),
+        }
+    }
+
+    fn start_pull(&mut self, now: Instant, peer: PublicKey, session: SessionId) {
+        let quota = self.quotas.entry(peer).or_default();
+        if let Some(reason) = quota.exhausted(now, &self.policy) {
+            if !std::mem::replace(&mut quota.warned, true) {
+                warn!(peer = %peer.short(12), %reason, "not pulling");
+            }
+            self.emit(ReplicationEvent::PullFailed { peer, reason });
+            return;
+        }
+        self.work(peer, Work::OurTips, Job::PullTips(peer, session));
+    }
+
+    fn fail_pull(&mut self, now: Instant, peer: PublicKey, reason: String) {
+        warn!(peer = %peer.short(12), %reason, "transfer failed; nothing applied");
+        // The partial transfer (its temporary file) goes before anyone hears.
+        if let Some(st) = self.peers.get_mut(&peer) {
+            st.pull = None;
+        }
+        self.outbox.push_back(Io::Discard { peer });
+        self.emit(ReplicationEvent::PullFailed { peer, reason });
+        self.finish_pull(now, peer);
+    }
+
+    fn finish_pull(&mut self, now: Instant, peer: PublicKey) {
+        if let Some(st) = self.peers.get_mut(&peer) {
+            st.pull = None;
+        }
+        self.after_pull(now, peer);
+    }
+
+    /// Serves a deferred request, or pulls again if an announce came meanwhile.
+    fn after_pull(&mut self, now: Instant, peer: PublicKey) {
+        let Some(st) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if st.pull.is_some() || st.sending {
+            return;
+        }
+        if let Some((req, session)) = st.deferred.pop_front() {
+            self.start_send(peer, session, req);
+            return;
+        }
+        if let Some(session) = st.want_pull.take() {
+            self.start_pull(now, peer, session);
+        }
+    }
+}
+
+/// The `ingested` answer refusing transfer `transfer_id`.
+fn refused_summary(transfer_id: String, reason: String) -> Message {
+    Message::MemoryResponse(MemoryResponse {
+        ingested: Some(IngestSummary {
+            transfer_id,
+            refused: vec![reason],
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
