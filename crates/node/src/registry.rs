@@ -10,12 +10,11 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mmogit_identity::PublicKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use crate::backoff::{Backoff, DialSchedule};
 use crate::queue::SessionTx;
@@ -200,6 +199,11 @@ pub(crate) struct DialJob {
     pub discovered: bool,
 }
 
+/// Now on tokio's clock (which a test may pause), as a std `Instant`.
+fn clock_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -207,7 +211,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 fn instant_to_unix_ms(t: Instant) -> u64 {
-    let now = Instant::now();
+    let now = clock_now();
     let wall = SystemTime::now();
     let wall_t = if t >= now {
         wall.checked_add(t - now)
@@ -255,7 +259,7 @@ impl Registry {
         tx: SessionTx,
         ctl: Arc<SessionCtl>,
     ) -> Result<u64, ()> {
-        let now = Instant::now();
+        let now = clock_now();
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
@@ -347,7 +351,7 @@ impl Registry {
         error: Option<String>,
         superseded: bool,
     ) -> bool {
-        let now = Instant::now();
+        let now = clock_now();
         let mut inner = self.lock();
         let Some(e) = inner.peers.get_mut(peer) else {
             return false;
@@ -367,7 +371,7 @@ impl Registry {
                 e.last_error = error;
             }
             if let Some(d) = &mut e.dial {
-                d.disconnected(now);
+                d.disconnected_with(now, rand::random::<f64>());
             }
         }
         Self::prune(&mut inner);
@@ -485,7 +489,7 @@ impl Registry {
         targets: Vec<(PublicKey, Vec<String>)>,
         max_outbound: usize,
     ) -> Vec<DialJob> {
-        let now = Instant::now();
+        let now = clock_now();
         let mut inner = self.lock();
         let mut wanted: HashMap<PublicKey, Vec<String>> = HashMap::new();
         for (k, addrs) in targets {
@@ -580,7 +584,7 @@ impl Registry {
         if *peer == self.ours {
             return false;
         }
-        let now = Instant::now();
+        let now = clock_now();
         let mut inner = self.lock();
         let e = inner.peers.entry(*peer).or_default();
         if e.session.is_some() {
@@ -607,7 +611,7 @@ impl Registry {
     /// session by the duplicate rule. Returns the delay to the next attempt
     /// on failure.
     pub fn dial_finished(&self, peer: &PublicKey, result: Result<(), String>) -> Option<Duration> {
-        let now = Instant::now();
+        let now = clock_now();
         let mut inner = self.lock();
         let e = inner.peers.get_mut(peer)?;
         e.dialing = false;
@@ -616,7 +620,7 @@ impl Registry {
         if let Err(err) = result {
             e.last_error = Some(err);
             if let Some(d) = &mut e.dial {
-                delay = Some(d.failed(now));
+                delay = Some(d.failed_with(now, rand::random::<f64>()));
             }
         }
         drop(inner);
@@ -626,13 +630,14 @@ impl Registry {
     }
 
     /// When the dialer must look again at the latest.
-    pub fn next_due(&self) -> Option<Instant> {
+    pub fn next_due(&self) -> Option<tokio::time::Instant> {
         self.lock()
             .peers
             .values()
             .filter(|e| e.session.is_none() && !e.dialing)
             .filter_map(|e| e.dial.as_ref().and_then(|d| d.next_attempt()))
             .min()
+            .map(tokio::time::Instant::from_std)
     }
 
     /// The status of every tracked peer, ordered by key.
