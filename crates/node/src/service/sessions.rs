@@ -676,6 +676,55 @@ mod tests {
         Identity::from_secret_bytes(&[n; 32]).public_key()
     }
 
+    /// The default dial settings: 1 s doubling up to 5 min; 10 s is healthy.
+    const PARAMS: DialParams = DialParams {
+        base: Duration::from_secs(1),
+        cap: Duration::from_secs(300),
+        healthy: Duration::from_secs(10),
+    };
+
+    /// A virtual clock: times are milliseconds after a start.
+    struct Clock {
+        start: Instant,
+    }
+
+    impl Clock {
+        fn new() -> Clock {
+            Clock {
+                start: Instant::now(),
+            }
+        }
+
+        fn at(&self, ms: u64) -> Instant {
+            self.start + Duration::from_millis(ms)
+        }
+
+        /// The wall clock at `t`.
+        fn wall(&self, t: Instant) -> SystemTime {
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000) + (t - self.start)
+        }
+
+        /// `t` in whole milliseconds after the start.
+        fn ms(&self, t: Instant) -> u64 {
+            (t - self.start).as_millis() as u64
+        }
+    }
+
+    fn trusted(keys: &[PublicKey]) -> HashSet<PublicKey> {
+        keys.iter().copied().collect()
+    }
+
+    fn sock(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn status(s: &Sessions, peer: &PublicKey, now: Instant, clock: &Clock) -> PeerStatus {
+        s.snapshot(now, clock.wall(now))
+            .into_iter()
+            .find(|p| p.pubkey == *peer)
+            .expect("peer tracked")
+    }
+
     #[test]
     fn duplicate_rule_is_symmetric() {
         for (a, b) in [(1u8, 2u8), (2, 1), (3, 9), (9, 3)] {
@@ -701,5 +750,396 @@ mod tests {
                 Direction::Inbound
             ));
         }
+    }
+
+    /// The delay of the `n`th failure in a row (from 0) with the jitter draw
+    /// `unit`, as backoff.rs documents it: base doubling up to the cap,
+    /// times a factor in [0.8, 1.2], never above the cap.
+    fn expected_delay(n: u32, unit: f64) -> Duration {
+        let unjittered = PARAMS.base.saturating_mul(1 << n.min(20)).min(PARAMS.cap);
+        unjittered
+            .mul_f64(1.0 + Backoff::DEFAULT_JITTER * (2.0 * unit - 1.0))
+            .min(PARAMS.cap)
+    }
+
+    /// One trusted peer that refuses six dials, then holds a healthy
+    /// session, then one that dies at once. Checks each attempt against the
+    /// documented schedule drawn from the same seed, and returns the
+    /// attempt times in milliseconds.
+    fn dial_schedule(seed: u64) -> Vec<u64> {
+        let clock = Clock::new();
+        let (us, peer) = (key(1), key(2));
+        let addr = "10.0.0.2:7420".to_string();
+        let targets = || vec![(peer, vec![addr.clone()])];
+        let job = DialJob {
+            pubkey: peer,
+            addr: addr.clone(),
+            discovered: false,
+        };
+        let mut s = Sessions::new(us, PARAMS, seed);
+        let mut draws = StdRng::seed_from_u64(seed);
+        s.set_trusted(trusted(&[peer]));
+        let mut attempts = vec![];
+
+        // Dialled at once, then each failure waits the next delay.
+        let mut now = clock.at(0);
+        for n in 0..6 {
+            if n > 0 {
+                let due = s.next_due().expect("an attempt is scheduled");
+                let early = s.plan_dials(targets(), 8, due - Duration::from_millis(1));
+                assert!(early.jobs.is_empty(), "not dialled before it is due");
+                now = due;
+            }
+            let plan = s.plan_dials(targets(), 8, now);
+            assert_eq!(plan.jobs, vec![job.clone()]);
+            assert!(s.plan_dials(targets(), 8, now).jobs.is_empty(), "in flight");
+            assert_eq!(s.next_due(), None, "nothing to wait for while dialling");
+            attempts.push(clock.ms(now));
+            let delay = s.dial_finished(&peer, Err("connection refused".into()), now);
+            let want = expected_delay(n, draws.gen::<f64>());
+            assert_eq!(delay, Some(want));
+            assert_eq!(s.next_due(), Some(now + want));
+            let st = status(&s, &peer, now, &clock);
+            assert_eq!(st.failures, n + 1);
+            assert_eq!(st.backoff_ms, Some(1000 << (n + 1)));
+            assert_eq!(st.last_error.as_deref(), Some("connection refused"));
+            assert_eq!(
+                st.next_attempt_ms,
+                Some(1_700_000_000_000 + clock.ms(now + want))
+            );
+        }
+
+        // The next dial works and the session lasts 10 s (healthy): the
+        // backoff starts again from 1 s once it ends.
+        now = s.next_due().unwrap();
+        assert_eq!(s.plan_dials(targets(), 8, now).jobs, vec![job.clone()]);
+        attempts.push(clock.ms(now));
+        let Registered::New { id, displaced, .. } = s.register(
+            peer,
+            Direction::Outbound,
+            sock("10.0.0.2:7420"),
+            now,
+            clock.wall(now),
+        ) else {
+            panic!("the only session is registered");
+        };
+        assert_eq!(displaced, None);
+        let st = status(&s, &peer, now, &clock);
+        assert!(st.connected);
+        assert_eq!(st.last_error, None);
+        assert_eq!(st.next_attempt_ms, None);
+        assert_eq!(s.next_due(), None, "never dialled while connected");
+        now += PARAMS.healthy;
+        assert!(s.plan_dials(targets(), 8, now).jobs.is_empty());
+        assert!(s.unregister(&peer, id, Some("reset".into()), false, now, clock.wall(now)));
+        let want = expected_delay(0, draws.gen::<f64>());
+        assert_eq!(s.next_due(), Some(now + want), "healthy: from base again");
+        let st = status(&s, &peer, now, &clock);
+        assert_eq!((st.failures, st.backoff_ms), (1, Some(2000)));
+        assert_eq!(st.last_error.as_deref(), Some("reset"));
+
+        // A session that dies at once counts as a failure: 2 s.
+        now = s.next_due().unwrap();
+        assert_eq!(s.plan_dials(targets(), 8, now).jobs, vec![job.clone()]);
+        attempts.push(clock.ms(now));
+        let Registered::New { id, .. } = s.register(
+            peer,
+            Direction::Outbound,
+            sock("10.0.0.2:7420"),
+            now,
+            clock.wall(now),
+        ) else {
+            panic!("the only session is registered");
+        };
+        now += Duration::from_millis(300);
+        assert!(s.unregister(&peer, id, None, false, now, clock.wall(now)));
+        let want = expected_delay(1, draws.gen::<f64>());
+        assert_eq!(s.next_due(), Some(now + want), "short: backoff grows");
+        attempts.push(clock.ms(now + want));
+        attempts
+    }
+
+    #[test]
+    fn dials_back_off_on_the_seeded_schedule() {
+        // Un-jittered: attempts at 0, 1, 3, 7, 15, 31 s, the one that works
+        // at 63 s, then 1 s after its healthy session (10 s) ends, 2 s after
+        // the short one (0.3 s). Seed 7 (rand 0.8's StdRng) draws factors
+        // 0.81, 0.92, 0.86, 1.02, 0.91, 1.18, 0.87, 0.90:
+        let times = dial_schedule(7);
+        assert_eq!(
+            times,
+            [0, 812, 2657, 6086, 14222, 28766, 66540, 77410, 79516]
+        );
+        assert_eq!(dial_schedule(7), times, "same seed, same schedule");
+        let other = dial_schedule(8);
+        assert_ne!(other, times, "another seed, other jitter");
+        assert_eq!(other.len(), times.len());
+    }
+
+    /// Which of the two connections of a simultaneous dial.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Conn {
+        /// Opened by A.
+        FromA,
+        /// Opened by B.
+        FromB,
+    }
+
+    /// One side of a simultaneous dial: registers both connections in
+    /// `order` at `now` and returns the ids registered and the connections
+    /// this side closes by the duplicate rule.
+    fn register_both(
+        s: &mut Sessions,
+        peer: PublicKey,
+        order: [(Conn, Direction); 2],
+        now: Instant,
+        clock: &Clock,
+    ) -> (Vec<(Conn, u64)>, Vec<Conn>) {
+        let mut ids: Vec<(Conn, u64)> = vec![];
+        let mut closed = vec![];
+        for (conn, direction) in order {
+            match s.register(peer, direction, sock("10.0.0.9:1"), now, clock.wall(now)) {
+                Registered::New { id, displaced, .. } => {
+                    if let Some(old) = displaced {
+                        let (c, _) = ids.iter().find(|(_, i)| *i == old).unwrap();
+                        closed.push(*c);
+                    }
+                    ids.push((conn, id));
+                }
+                Registered::Kept { kept } => {
+                    assert!(ids.iter().any(|(_, i)| *i == kept));
+                    closed.push(conn);
+                    if direction == Direction::Outbound {
+                        // Our dial lost to the other session: not a failure.
+                        assert_eq!(s.dial_finished(&peer, Ok(()), now), None);
+                    }
+                }
+            }
+        }
+        (ids, closed)
+    }
+
+    #[test]
+    fn simultaneous_dial_keeps_one_session_on_both_sides() {
+        let clock = Clock::new();
+        let now = clock.at(5_000);
+        for (ka, kb) in [(key(1), key(2)), (key(2), key(1))] {
+            // The connection opened by the lower key survives.
+            let survivor = if ka.as_bytes() < kb.as_bytes() {
+                Conn::FromA
+            } else {
+                Conn::FromB
+            };
+            for (a_out_first, b_out_first) in
+                [(true, true), (true, false), (false, true), (false, false)]
+            {
+                let mut a = Sessions::new(ka, PARAMS, 1);
+                let mut b = Sessions::new(kb, PARAMS, 2);
+                a.set_trusted(trusted(&[kb]));
+                b.set_trusted(trusted(&[ka]));
+                // Each dials the other at the same time.
+                let ja = a.plan_dials(vec![(kb, vec!["10.0.0.2:1".into()])], 8, now);
+                let jb = b.plan_dials(vec![(ka, vec!["10.0.0.1:1".into()])], 8, now);
+                assert_eq!((ja.jobs.len(), jb.jobs.len()), (1, 1));
+                // FromA is outbound on A and inbound on B; FromB the reverse.
+                let a_out = (Conn::FromA, Direction::Outbound);
+                let a_in = (Conn::FromB, Direction::Inbound);
+                let b_out = (Conn::FromB, Direction::Outbound);
+                let b_in = (Conn::FromA, Direction::Inbound);
+                let a_order = if a_out_first {
+                    [a_out, a_in]
+                } else {
+                    [a_in, a_out]
+                };
+                let b_order = if b_out_first {
+                    [b_out, b_in]
+                } else {
+                    [b_in, b_out]
+                };
+                let (a_ids, a_closed) = register_both(&mut a, kb, a_order, now, &clock);
+                let (b_ids, b_closed) = register_both(&mut b, ka, b_order, now, &clock);
+                // A connection closed on one side ends on the other with the
+                // duplicate reason: superseded there.
+                for (s, peer, ids, closed) in [
+                    (&mut a, kb, &a_ids, &b_closed),
+                    (&mut b, ka, &b_ids, &a_closed),
+                ] {
+                    for c in closed.iter() {
+                        if let Some((_, id)) = ids.iter().find(|(conn, _)| conn == c) {
+                            s.unregister(&peer, *id, None, true, now, clock.wall(now));
+                        }
+                    }
+                }
+                let kept = |s: &Sessions, peer: &PublicKey, ids: &[(Conn, u64)]| {
+                    let id = s.session(peer).expect("a session survives");
+                    ids.iter().find(|(_, i)| *i == id).unwrap().0
+                };
+                let case = format!("A out first: {a_out_first}, B out first: {b_out_first}");
+                assert_eq!(kept(&a, &kb, &a_ids), survivor, "{case}");
+                assert_eq!(kept(&b, &ka, &b_ids), survivor, "{case}");
+                let mut all_closed = a_closed.clone();
+                all_closed.extend(&b_closed);
+                assert!(!all_closed.contains(&survivor), "{case}");
+                assert!(!all_closed.is_empty(), "{case}: the other one is closed");
+                assert_eq!((a.sessions(), b.sessions()), (1, 1));
+                let (sa, sb) = (status(&a, &kb, now, &clock), status(&b, &ka, now, &clock));
+                assert!(sa.connected && sb.connected);
+                let pair = (sa.direction.unwrap(), sb.direction.unwrap());
+                let want = match survivor {
+                    Conn::FromA => (Direction::Outbound, Direction::Inbound),
+                    Conn::FromB => (Direction::Inbound, Direction::Outbound),
+                };
+                assert_eq!(pair, want, "{case}");
+                // Nobody dials again while the session is open.
+                for (s, peer) in [(&mut a, kb), (&mut b, ka)] {
+                    let later = now + Duration::from_secs(3600);
+                    let plan = s.plan_dials(vec![(peer, vec!["10.0.0.3:1".into()])], 8, later);
+                    assert!(plan.jobs.is_empty(), "{case}");
+                    assert_eq!(s.next_due(), None, "{case}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_blocked_peer_is_closed_and_no_longer_dialled() {
+        let clock = Clock::new();
+        let (us, blocked, kept) = (key(1), key(2), key(3));
+        let mut s = Sessions::new(us, PARAMS, 3);
+        let store = |keys: &[PublicKey]| -> Vec<(PublicKey, Vec<String>)> {
+            keys.iter()
+                .map(|k| (*k, vec![format!("10.0.0.{}:1", k.as_bytes()[0])]))
+                .collect()
+        };
+        let mut now = clock.at(0);
+        s.set_trusted(trusted(&[blocked, kept]));
+        let plan = s.plan_dials(store(&[blocked, kept]), 8, now);
+        assert_eq!(plan.jobs.len(), 2);
+        let Registered::New { id, .. } = s.register(
+            blocked,
+            Direction::Outbound,
+            sock("10.0.0.2:1"),
+            now,
+            clock.wall(now),
+        ) else {
+            panic!("registered");
+        };
+        s.dial_finished(&kept, Err("refused".into()), now);
+        let (c1, _) = s.register_client(blocked);
+        let (c2, _) = s.register_client(blocked);
+        let (c3, _) = s.register_client(kept);
+        assert_eq!((s.sessions(), s.client_sessions()), (1, 3));
+
+        // The store blocks one key: its peer session and both its client
+        // sessions are to be closed, the other key's client session not.
+        now = clock.at(2_000);
+        let closed = s.set_trusted(trusted(&[kept]));
+        let close = |id, client| ToClose {
+            pubkey: blocked,
+            id,
+            client,
+        };
+        assert_eq!(closed, [close(id, false), close(c1, true), close(c2, true)]);
+        // The dialer then plans with the trusted keys of the store only.
+        let plan = s.plan_dials(store(&[kept]), 8, now);
+        assert!(plan.jobs.iter().all(|j| j.pubkey != blocked));
+        // The closed sessions end (closed here: no remote error).
+        assert!(s.unregister(&blocked, id, None, false, now, clock.wall(now)));
+        s.unregister_client(&blocked, c1);
+        s.unregister_client(&blocked, c2);
+        assert_eq!((s.sessions(), s.client_sessions()), (0, 1));
+        // Never dialled again: no schedule, nothing due, ever.
+        let st = status(&s, &blocked, now, &clock);
+        assert!(!st.connected);
+        assert_eq!((st.backoff_ms, st.next_attempt_ms), (None, None));
+        for ms in [2_000, 60_000, 3_600_000] {
+            let t = clock.at(ms);
+            let plan = s.plan_dials(store(&[kept]), 8, t);
+            assert!(plan.jobs.iter().all(|j| j.pubkey != blocked));
+            for j in plan.jobs {
+                s.dial_finished(&j.pubkey, Err("refused".into()), t);
+            }
+        }
+        // A session of the blocked key authorized on an older view makes
+        // the dialer read the store again.
+        now = clock.at(3_600_000);
+        let Registered::New { recheck, .. } = s.register(
+            blocked,
+            Direction::Inbound,
+            sock("10.0.0.2:2"),
+            now,
+            clock.wall(now),
+        ) else {
+            panic!("registered");
+        };
+        assert!(recheck);
+        assert!(s.register_client(blocked).1);
+        assert!(!s.register_client(kept).1);
+        s.unregister_client(&kept, c3);
+    }
+
+    #[test]
+    fn a_found_address_is_tried_before_the_stored_ones() {
+        let clock = Clock::new();
+        let (us, peer, lan_only) = (key(1), key(2), key(3));
+        let mut s = Sessions::new(us, PARAMS, 4);
+        let stored = vec!["10.0.0.2:1".to_string(), "10.0.0.3:1".to_string()];
+        let targets = || vec![(peer, stored.clone()), (lan_only, vec![])];
+        let job = |k, addr: &str, discovered| DialJob {
+            pubkey: k,
+            addr: addr.to_string(),
+            discovered,
+        };
+        // The newest stored address first; it fails: back off ~1 s.
+        let mut now = clock.at(0);
+        let plan = s.plan_dials(targets(), 8, now);
+        assert_eq!(plan.jobs, [job(peer, "10.0.0.3:1", false)]);
+        s.dial_finished(&peer, Err("refused".into()), now);
+        let due = s.next_due().unwrap();
+
+        // Discovery finds it on the LAN: dialled there at once, backoff or not.
+        now = clock.at(100);
+        assert!(s.offer_address(&peer, "192.168.1.5:7420".into(), now));
+        let plan = s.plan_dials(targets(), 8, now);
+        assert_eq!(plan.jobs, [job(peer, "192.168.1.5:7420", true)]);
+        now = clock.at(200);
+        s.dial_finished(&peer, Err("refused".into()), now);
+        // The same address again within 30 s is not taken.
+        assert!(!s.offer_address(&peer, "192.168.1.5:7420".into(), now));
+        assert!(s.plan_dials(targets(), 8, now).jobs.is_empty());
+        // Back to the stored addresses, in turn, on the backoff.
+        let next = s.next_due().unwrap();
+        assert!(next > due);
+        let plan = s.plan_dials(targets(), 8, next);
+        assert_eq!(plan.jobs, [job(peer, "10.0.0.3:1", false)]);
+        now = next;
+        s.dial_finished(&peer, Err("refused".into()), now);
+        let next = s.next_due().unwrap();
+        let plan = s.plan_dials(targets(), 8, next);
+        assert_eq!(plan.jobs, [job(peer, "10.0.0.2:1", false)]);
+        now = next;
+        s.dial_finished(&peer, Err("refused".into()), now);
+        // After 30 s the same address is taken again, before the stored ones.
+        now += REOFFER_AFTER;
+        assert!(s.offer_address(&peer, "192.168.1.5:7420".into(), now));
+        let plan = s.plan_dials(targets(), 8, now);
+        assert_eq!(plan.jobs, [job(peer, "192.168.1.5:7420", true)]);
+
+        // A trusted peer with no stored address is dialled where it was found.
+        assert!(s.plan_dials(targets(), 8, now).jobs.is_empty());
+        assert!(s.offer_address(&lan_only, "192.168.1.6:7420".into(), now));
+        let plan = s.plan_dials(targets(), 8, now);
+        assert_eq!(plan.jobs, [job(lan_only, "192.168.1.6:7420", true)]);
+        // Its session opens: further offers are ignored.
+        s.register(
+            lan_only,
+            Direction::Outbound,
+            sock("192.168.1.6:7420"),
+            now,
+            clock.wall(now),
+        );
+        assert!(!s.offer_address(&lan_only, "192.168.1.7:7420".into(), now));
+        // Nor is our own key ever dialled.
+        assert!(!s.offer_address(&us, "192.168.1.8:7420".into(), now));
     }
 }
