@@ -1,12 +1,13 @@
 //! Small pure helpers for the dialer and the listener: exponential backoff
-//! with jitter, a per-peer dial schedule and a per-IP token bucket. Time is
-//! passed in, so they are deterministic under test.
+//! with jitter, a per-peer dial schedule and a per-IP token bucket. Time and
+//! the jitter draws are passed in, so they are deterministic under test.
+//! Times are `std::time::Instant`s, as in the protocol's session and in the
+//! service (the node's decisions without I/O); a caller on tokio's clock
+//! converts with `tokio::time::Instant::into_std`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Duration;
-
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Exponential backoff: `base`, doubling on every failure up to `cap`, each
 /// delay multiplied by a random factor in `[1 - jitter, 1 + jitter]` (and
@@ -63,12 +64,7 @@ impl Backoff {
     }
 
     /// Records a failure and returns how long to wait before the next
-    /// attempt, with random jitter.
-    pub fn fail(&mut self) -> Duration {
-        self.fail_with(rand::random::<f64>())
-    }
-
-    /// As [`Backoff::fail`] with the random number `unit` in `[0, 1)`
+    /// attempt, jittered by the random number `unit` in `[0, 1)`
     /// (0 → `-jitter`, 0.5 → none, 1 → `+jitter`).
     pub fn fail_with(&mut self, unit: f64) -> Duration {
         let unit = if unit.is_finite() {
@@ -138,12 +134,8 @@ impl DialSchedule {
         self.backoff.failures()
     }
 
-    /// An attempt failed at `now`; returns the delay until the next one.
-    pub fn failed(&mut self, now: Instant) -> Duration {
-        self.failed_with(now, rand::random::<f64>())
-    }
-
-    /// As [`DialSchedule::failed`] with a given jitter draw.
+    /// An attempt failed at `now`; returns the delay until the next one,
+    /// jittered by `unit` (see [`Backoff::fail_with`]).
     pub fn failed_with(&mut self, now: Instant, unit: f64) -> Duration {
         self.connected_at = None;
         let d = self.backoff.fail_with(unit);
@@ -157,12 +149,8 @@ impl DialSchedule {
         self.next_attempt = None;
     }
 
-    /// The session ended at `now`; returns the delay until the next attempt.
-    pub fn disconnected(&mut self, now: Instant) -> Duration {
-        self.disconnected_with(now, rand::random::<f64>())
-    }
-
-    /// As [`DialSchedule::disconnected`] with a given jitter draw.
+    /// The session ended at `now`; returns the delay until the next attempt,
+    /// jittered by `unit` (see [`Backoff::fail_with`]).
     pub fn disconnected_with(&mut self, now: Instant, unit: f64) -> Duration {
         let lasted = self
             .connected_at
@@ -281,12 +269,12 @@ mod tests {
     #[test]
     fn backoff_doubles_to_cap_and_resets() {
         let mut b = Backoff::new(S, Duration::from_secs(300)).with_jitter(0.0);
-        let got: Vec<u64> = (0..12).map(|_| b.fail().as_secs()).collect();
+        let got: Vec<u64> = (0..12).map(|_| b.fail_with(0.3).as_secs()).collect();
         assert_eq!(got, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
         assert_eq!(b.failures(), 12);
         b.reset();
-        assert_eq!(b.fail(), S);
-        assert_eq!(b.fail(), 2 * S);
+        assert_eq!(b.fail_with(0.9), S);
+        assert_eq!(b.fail_with(0.1), 2 * S);
     }
 
     #[test]
@@ -296,17 +284,18 @@ mod tests {
         assert_eq!(b.clone().fail_with(1.0), Duration::from_millis(1200));
         assert_eq!(b.clone().fail_with(f64::NAN), S);
         let mut expected = 1.0f64;
-        for _ in 0..20 {
-            let d = b.fail().as_secs_f64();
+        for i in 0..20 {
+            let d = b.fail_with(f64::from(i % 7) / 6.0).as_secs_f64();
             assert!(d >= expected * 0.8 - 1e-9 && d <= (expected * 1.2).min(300.0) + 1e-9);
             expected = (expected * 2.0).min(300.0);
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn schedule_under_paused_time() {
+    #[test]
+    fn schedule_on_a_virtual_clock() {
         // A dial loop that fails every time: attempts at 0, 1, 3, 7, 15 s ...
         let start = Instant::now();
+        let mut now = start;
         let mut s = DialSchedule::new(
             Backoff::new(S, Duration::from_secs(300)).with_jitter(0.0),
             Duration::from_secs(10),
@@ -314,59 +303,61 @@ mod tests {
         let mut attempts = vec![];
         for _ in 0..11 {
             if let Some(t) = s.next_attempt() {
-                tokio::time::sleep_until(t).await;
+                assert!(!s.due(t - Duration::from_millis(1)));
+                now = t;
             }
-            assert!(s.due(Instant::now()));
-            attempts.push(Instant::now().duration_since(start).as_secs());
-            s.failed(Instant::now());
+            assert!(s.due(now));
+            attempts.push(now.duration_since(start).as_secs());
+            s.failed_with(now, 0.5);
         }
         assert_eq!(attempts, [0, 1, 3, 7, 15, 31, 63, 127, 255, 511, 811]);
         // A healthy session (≥ 10 s) resets: the next attempt is 1 s after it ends.
-        tokio::time::sleep_until(s.next_attempt().unwrap()).await;
-        s.connected(Instant::now());
-        assert!(!s.due(Instant::now() + Duration::from_secs(3600)));
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert_eq!(s.disconnected(Instant::now()), S);
+        now = s.next_attempt().unwrap();
+        s.connected(now);
+        assert!(!s.due(now + Duration::from_secs(3600)));
+        now += Duration::from_secs(10);
+        assert_eq!(s.disconnected_with(now, 0.5), S);
         // A session that dies at once counts as a failure: 2 s, then 4 s.
-        tokio::time::sleep_until(s.next_attempt().unwrap()).await;
-        s.connected(Instant::now());
-        assert_eq!(s.disconnected(Instant::now()), 2 * S);
-        assert_eq!(s.failed(Instant::now()), 4 * S);
-        assert!(!s.due(Instant::now()));
-        tokio::time::sleep(4 * S).await;
-        assert!(s.due(Instant::now()));
+        now = s.next_attempt().unwrap();
+        s.connected(now);
+        assert_eq!(s.disconnected_with(now, 0.5), 2 * S);
+        assert_eq!(s.failed_with(now, 0.5), 4 * S);
+        assert!(!s.due(now));
+        assert!(s.due(now + 4 * S));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn rate_limiter_burst_then_refill() {
+    #[test]
+    fn rate_limiter_burst_then_refill() {
         let mut r = RateLimiter::new(10.0, 20);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.1".parse().unwrap();
-        let allowed = (0..100).filter(|_| r.allow(ip, Instant::now())).count();
+        let mut now = Instant::now();
+        let allowed = (0..100).filter(|_| r.allow(ip, now)).count();
         assert_eq!(allowed, 20);
-        assert!(r.allow(other, Instant::now()), "other IPs are not affected");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let allowed = (0..100).filter(|_| r.allow(ip, Instant::now())).count();
+        assert!(r.allow(other, now), "other IPs are not affected");
+        now += Duration::from_millis(500);
+        let allowed = (0..100).filter(|_| r.allow(ip, now)).count();
         assert_eq!(allowed, 5, "10/s refill");
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        let allowed = (0..100).filter(|_| r.allow(ip, Instant::now())).count();
+        now += Duration::from_secs(60);
+        let allowed = (0..100).filter(|_| r.allow(ip, now)).count();
         assert_eq!(allowed, 20, "refills to the burst, not beyond");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn rate_limiter_table_is_bounded() {
+    #[test]
+    fn rate_limiter_table_is_bounded() {
         let mut r = RateLimiter::new(10.0, 2).with_max_ips(64);
+        let mut now = Instant::now();
         for i in 0..10_000u32 {
             let ip = IpAddr::from(i.to_be_bytes());
-            assert!(r.allow(ip, Instant::now()));
+            assert!(r.allow(ip, now));
             assert!(r.tracked() <= 64);
         }
         // Idle buckets are pruned before anything else.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        now += Duration::from_secs(1);
         let busy: IpAddr = "192.168.0.1".parse().unwrap();
-        assert!(r.allow(busy, Instant::now()));
-        assert!(r.allow(busy, Instant::now()));
-        assert!(!r.allow(busy, Instant::now()));
+        assert!(r.allow(busy, now));
+        assert!(r.allow(busy, now));
+        assert!(!r.allow(busy, now));
         assert!(r.tracked() <= 64);
     }
 }

@@ -65,7 +65,7 @@ pub use inbox::{Inbound, MessageHandler, Reply};
 pub use node::{Node, NodeHandle};
 pub use peers::{PeerRecord, PeerSource, PeerStore, PeerStoreError, TrustState};
 pub use queue::{SendError, SEND_QUEUE};
-pub use registry::{new_session_wins, Direction, PeerStatus, DUPLICATE_SESSION};
+pub use service::sessions::{new_session_wins, Direction, PeerStatus, DUPLICATE_SESSION};
 pub use shared::NodeSender;
 pub use status::{read_status, StatusError, StatusFile};
 pub use trust::{PeerStoreTrust, TrustPolicy, DEFAULT_MAX_PENDING};

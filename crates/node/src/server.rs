@@ -74,7 +74,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, trac
             let allowed = rate
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .allow(addr.ip(), tokio::time::Instant::now());
+                .allow(addr.ip(), tokio::time::Instant::now().into_std());
             if !allowed {
                 // Debug only: a flood must not flood the log too.
                 shared.rate_limited.fetch_add(1, Ordering::Relaxed);
