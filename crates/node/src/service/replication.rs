@@ -866,3 +866,220 @@ fn refused_summary(transfer_id: String, reason: String) -> Message {
         ..Default::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mmogit_identity::Identity;
+
+    fn key(n: u8) -> PublicKey {
+        Identity::from_secret_bytes(&[n; 32]).public_key()
+    }
+
+    fn policy(me: PublicKey) -> Policy {
+        Policy {
+            me,
+            max_transfer: 1 << 20,
+            transfer_timeout: Duration::from_secs(60),
+            transfer_deadline: Duration::from_secs(3600),
+            quota_bytes: 1 << 30,
+            quota_memories: 1_000_000,
+        }
+    }
+
+    fn drain(r: &mut Replication) -> Vec<Io> {
+        std::iter::from_fn(|| r.next_io()).collect()
+    }
+
+    fn tip(author: &PublicKey, c: u8) -> BranchTip {
+        BranchTip {
+            author: author.to_hex(),
+            tip: format!("{c:040x}"),
+        }
+    }
+
+    /// Answers the one piece of work in `ios` with `outcome`.
+    fn answer(r: &mut Replication, now: Instant, ios: &[Io], outcome: Outcome) -> Vec<Io> {
+        let job = ios
+            .iter()
+            .find_map(|io| match io {
+                Io::Work { job, .. } => Some(*job),
+                _ => None,
+            })
+            .expect("work asked for");
+        r.handle(now, Input::Done { job, outcome });
+        drain(r)
+    }
+
+    /// `me` hears `peer` announce a tip it lacks, and sends pull #1.
+    fn pulling(me: PublicKey, peer: PublicKey, now: Instant) -> Replication {
+        let mut r = Replication::new(policy(me));
+        let announce = Message::MemoryResponse(MemoryResponse {
+            tips: Some(vec![tip(&peer, 1)]),
+            ..Default::default()
+        });
+        r.handle(
+            now,
+            Input::Received {
+                peer,
+                session: 7,
+                msg: announce,
+            },
+        );
+        let ios = drain(&mut r);
+        let ios = answer(&mut r, now, &ios, Outcome::Lacking(Ok(true)));
+        let ios = answer(&mut r, now, &ios, Outcome::Tips(Ok(vec![])));
+        assert!(
+            matches!(&ios[..], [Io::Send { msg: Message::MemoryRequest(q), if_full: IfFull::Pull(1), .. }] if q.sync.is_some()),
+            "{ios:?}"
+        );
+        r
+    }
+
+    fn sync_request(id: u64) -> Message {
+        Message::MemoryRequest(MemoryRequest {
+            id,
+            sync: Some(SyncRequest::default()),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_crossing_pull_is_answered_after_ours_by_the_lower_key() {
+        let t = Instant::now();
+        let (lo, hi) = {
+            let (a, b) = (key(1), key(2));
+            if a < b {
+                (a, b)
+            } else {
+                (b, a)
+            }
+        };
+        // The lower key defers the higher key's pull while its own runs...
+        let mut r = pulling(lo, hi, t);
+        r.handle(
+            t,
+            Input::Received {
+                peer: hi,
+                session: 7,
+                msg: sync_request(9),
+            },
+        );
+        assert_eq!(drain(&mut r), vec![], "deferred while our pull runs");
+        // ... and serves it once its pull ends (here: nothing new).
+        let nothing = Message::MemoryResponse(MemoryResponse {
+            id: Some(1),
+            tips: Some(vec![]),
+            ..Default::default()
+        });
+        r.handle(
+            t,
+            Input::Received {
+                peer: hi,
+                session: 7,
+                msg: nothing,
+            },
+        );
+        let ios = drain(&mut r);
+        assert!(
+            matches!(&ios[..], [Io::Serve { req, session: 7, .. }] if req.id == 9),
+            "{ios:?}"
+        );
+        // The higher key serves a crossing pull at once.
+        let mut r = pulling(hi, lo, t);
+        r.handle(
+            t,
+            Input::Received {
+                peer: lo,
+                session: 7,
+                msg: sync_request(9),
+            },
+        );
+        assert!(matches!(&drain(&mut r)[..], [Io::Serve { .. }]));
+    }
+
+    #[test]
+    fn an_announce_during_a_send_is_pulled_after_it_and_a_full_queue_retries_on_the_next_poll() {
+        let t = Instant::now();
+        let (me, peer) = (key(1), key(2));
+        let mut r = Replication::new(policy(me));
+        r.handle(
+            t,
+            Input::Received {
+                peer,
+                session: 3,
+                msg: sync_request(4),
+            },
+        );
+        assert!(matches!(&drain(&mut r)[..], [Io::Serve { .. }]));
+        let announce = Message::MemoryResponse(MemoryResponse {
+            tips: Some(vec![tip(&peer, 5)]),
+            ..Default::default()
+        });
+        r.handle(
+            t,
+            Input::Received {
+                peer,
+                session: 3,
+                msg: announce,
+            },
+        );
+        let ios = drain(&mut r);
+        assert_eq!(answer(&mut r, t, &ios, Outcome::Lacking(Ok(true))), vec![]);
+        // The send ends: now the pull starts.
+        r.handle(t, Input::Served { peer, sent: None });
+        let ios = drain(&mut r);
+        let ios = answer(&mut r, t, &ios, Outcome::Tips(Ok(vec![])));
+        let Some(Io::Send { if_full, .. }) = ios.first() else {
+            panic!("{ios:?}")
+        };
+        // Its queue is full: the pull waits for the next poll.
+        r.handle(
+            t,
+            Input::NotQueued {
+                peer,
+                session: 3,
+                what: *if_full,
+                closed: false,
+            },
+        );
+        assert_eq!(drain(&mut r), vec![]);
+        r.handle(
+            t + Duration::from_millis(100),
+            Input::Tick {
+                connected: vec![(peer, 3)],
+            },
+        );
+        let ios = drain(&mut r);
+        assert!(
+            ios.iter().any(|io| matches!(
+                io,
+                Io::Work {
+                    work: Work::OurTips,
+                    ..
+                }
+            )),
+            "the pull is tried again: {ios:?}"
+        );
+    }
+
+    #[test]
+    fn a_stalled_pull_is_abandoned_and_its_transfer_discarded() {
+        let t = Instant::now();
+        let (me, peer) = (key(1), key(2));
+        let mut r = pulling(me, peer, t);
+        let later = t + Duration::from_secs(61);
+        r.handle(
+            later,
+            Input::Tick {
+                connected: vec![(peer, 7)],
+            },
+        );
+        let ios = drain(&mut r);
+        assert!(ios.contains(&Io::Discard { peer }), "{ios:?}");
+        assert!(ios.contains(&Io::Event(ReplicationEvent::PullFailed {
+            peer,
+            reason: "no progress".into()
+        })));
+    }
+}

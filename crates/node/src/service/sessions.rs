@@ -112,7 +112,7 @@ pub struct PeerStatus {
 
 /// Dial settings.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct DialParams {
+pub struct DialParams {
     /// The first backoff delay.
     pub base: Duration,
     /// The longest backoff delay.
