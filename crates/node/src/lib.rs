@@ -14,6 +14,19 @@
 //! # let _ = rtt; Ok(()) }
 //! ```
 //!
+//! # Decisions and I/O
+//!
+//! What the node decides (whom to dial and when, which of two sessions with
+//! a peer to keep, whom to close when trust changes, when to announce, pull,
+//! defer or give up) is in [`service`], state machines without I/O that take
+//! the time as an input and draw randomness from a seed:
+//! `service::sessions` (driven by the registry) and [`service::replication`]
+//! (driven by [`replicate::Replicator`]). [`service::Service`] feeds both from
+//! one stream of inputs and [`service::sim`] runs nodes of it on a virtual
+//! clock, which is how the scenario tests run without sockets. The rest of
+//! the crate is the tokio shell: sockets, the handshake, session tasks,
+//! store work on blocking threads.
+//!
 //! # Module order
 //!
 //! The modules use each other in one direction: a module uses only modules

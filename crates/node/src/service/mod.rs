@@ -89,7 +89,7 @@ pub struct ServiceConfig {
     pub replication: Policy,
 }
 
-/// One node's decisions: [`Sessions`] (dials, one session per peer, trust)
+/// One node's decisions: `Sessions` (dials, one session per peer, trust)
 /// and [`Replication`] fed from one stream of inputs, their actions in one
 /// outbox. Time is an input (`now` of each [`Service::handle`]; the wall
 /// clock is `wall0` plus the time since `t0`), randomness a seed.

@@ -10,7 +10,7 @@
 //! [`Input::Served`] and [`Input::Answered`]. A session is named by a
 //! [`SessionId`] the caller chooses; the caller reports one that closed.
 //!
-//! Rules (see `docs/PROTOCOL.md`, "Replication"):
+//! Rules (see `docs/PROTOCOL.md`, section 2, "Live replication"):
 //! * every poll, our served tips go to each connected peer whose session has
 //!   not had these tips yet (never waiting on a full queue: a peer whose
 //!   queue is full hears them on a later poll);
