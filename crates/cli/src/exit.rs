@@ -109,7 +109,9 @@ fn api_code(e: &mmogit::Error) -> Option<u8> {
         mmogit::Error::Store(e) => store_code(e),
         mmogit::Error::Node(e) => node_code(e),
         mmogit::Error::Peers(e) => peers_code(e),
-        mmogit::Error::Usage(_) => Some(code::USAGE),
+        mmogit::Error::Usage(_)
+        | mmogit::Error::KeyNeeded { .. }
+        | mmogit::Error::OwnKey { .. } => Some(code::USAGE),
         mmogit::Error::Unreachable(_) => Some(code::UNREACHABLE),
         _ => None,
     }

@@ -23,7 +23,7 @@ pub async fn connect_to_peer(
     Ok(mmogit_node::connect(addr, identity, expected, &client_config(timeout)).await?)
 }
 
-/// What [`Peering::add_peer`] did.
+/// What [`Peering::add_peer`] and [`Peering::trust`] did.
 #[derive(Debug, Clone)]
 pub struct PeerAdded {
     /// The peer record as saved (trusted).
@@ -33,6 +33,32 @@ pub struct PeerAdded {
     /// A remark: the peer does not trust us yet, or was unreachable and
     /// added on the given key.
     pub note: Option<String>,
+}
+
+/// A peer found by [`Peering::probe`] and not trusted yet: the key to trust
+/// and how it was learned. Show it to the owner, then
+/// [`trust`](Peering::trust) it.
+#[derive(Debug, Clone)]
+pub struct PeerProbe {
+    /// The address (`ip:port`) or git URL probed.
+    pub target: String,
+    /// The key to trust: the one the peer proved in the handshake or its
+    /// remote's single `users/<key>` branch, else the one given.
+    pub pubkey: PublicKey,
+    /// How long the handshake took (an address that answered).
+    pub rtt: Option<Duration>,
+    /// A remark: the peer does not trust us yet, was unreachable and is
+    /// taken on the given key, or its git remote has no branch of that key yet.
+    pub note: Option<String>,
+    git: bool,
+}
+
+impl PeerProbe {
+    /// Whether the peer is reached through a git remote (else directly at
+    /// its address).
+    pub fn is_git(&self) -> bool {
+        self.git
+    }
 }
 
 /// Adds and trusts peers, with the semantics of `mmogit p2p add`.
@@ -47,6 +73,7 @@ pub struct PeerAdded {
 /// assert!(added.record.trust == mmogit::node::TrustState::Trusted);
 /// # Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct Peering {
     home: Home,
     identity: Arc<Identity>,
@@ -77,7 +104,8 @@ impl Peering {
         self
     }
 
-    /// Trusts a peer by `ip:port` or by git URL (or path).
+    /// Trusts a peer by `ip:port` or by git URL (or path): [`probe`](Peering::probe),
+    /// then [`trust`](Peering::trust).
     ///
     /// An address: connects and completes the handshake; the peer must
     /// prove `pubkey` when given. Without `pubkey` the key the peer shows is
@@ -88,23 +116,71 @@ impl Peering {
     /// A git URL: adds git remote `peer_<8 hex>` to the memory repository;
     /// the key is `pubkey`, or that of the remote's single `users/<key>` branch.
     pub async fn add_peer(&self, target: &str, pubkey: Option<PublicKey>) -> Result<PeerAdded> {
+        let probe = self.probe(target, pubkey).await?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.trust(&probe))
+            .await
+            .map_err(|e| Error::Other(format!("add peer task: {e}")))?
+    }
+
+    /// Finds out which key the peer at `target` (`ip:port`, or a git URL or
+    /// path) has, without trusting it yet (see [`add_peer`](Peering::add_peer)
+    /// for what is accepted). Fails with [`Error::OwnKey`] when the key is
+    /// this agent's, and for a git remote with [`Error::KeyNeeded`] when
+    /// `pubkey` is not given and the remote holds no `users/<key>` branch or
+    /// several.
+    pub async fn probe(&self, target: &str, pubkey: Option<PublicKey>) -> Result<PeerProbe> {
         if is_address(target) && !target.contains('/') {
-            self.add_address(target, pubkey).await
+            self.probe_address(target, pubkey).await
         } else {
-            let (home, me, name, timeout) = (
-                self.home.clone(),
-                self.identity.public_key(),
-                self.name.clone(),
-                self.timeout,
-            );
+            let (home, me, timeout) = (self.home.clone(), self.identity.public_key(), self.timeout);
             let target = target.to_string();
-            tokio::task::spawn_blocking(move || add_git(&home, &me, &target, pubkey, name, timeout))
+            tokio::task::spawn_blocking(move || probe_git(&home, &me, &target, pubkey, timeout))
                 .await
-                .map_err(|e| Error::Other(format!("add peer task: {e}")))?
+                .map_err(|e| Error::Other(format!("probe peer task: {e}")))?
         }
     }
 
-    async fn add_address(&self, addr: &str, pubkey: Option<PublicKey>) -> Result<PeerAdded> {
+    /// Trusts the peer of `probe` in the peer store (`peers.json`, under its
+    /// lock), by address, or by git URL after adding git remote
+    /// `peer_<8 hex>` to the memory repository. Blocks briefly (files, git).
+    pub fn trust(&self, probe: &PeerProbe) -> Result<PeerAdded> {
+        let pk = probe.pubkey;
+        let record = if probe.git {
+            let store = self.home.open_store()?;
+            let remote = format!("peer_{}", pk.short(8));
+            store.set_remote(&remote, &probe.target)?;
+            PeerStore::update(&self.home.peers_path(), |peers| {
+                peers.add(pk, self.name.clone(), Vec::new(), PeerSource::Git);
+                Ok::<_, Error>(
+                    peers
+                        .set_git(&pk, Some(probe.target.clone()), Some(remote))
+                        .cloned()
+                        .expect("just added"),
+                )
+            })?
+        } else {
+            PeerStore::update(&self.home.peers_path(), |store| {
+                Ok::<_, Error>(
+                    store
+                        .add(
+                            pk,
+                            self.name.clone(),
+                            vec![probe.target.clone()],
+                            PeerSource::Manual,
+                        )
+                        .clone(),
+                )
+            })?
+        };
+        Ok(PeerAdded {
+            record,
+            rtt: probe.rtt,
+            note: probe.note.clone(),
+        })
+    }
+
+    async fn probe_address(&self, addr: &str, pubkey: Option<PublicKey>) -> Result<PeerProbe> {
         let me = self.identity.public_key();
         let cfg = client_config(self.timeout);
         let (pk, rtt, note) =
@@ -134,21 +210,18 @@ impl Peering {
                 Err(e) => return Err(e.into()),
             };
         if pk == me {
-            return Err(Error::Usage(format!("{addr} is this agent itself")));
+            return Err(Error::OwnKey {
+                target: addr.to_string(),
+                git: false,
+            });
         }
-        let record = PeerStore::update(&self.home.peers_path(), |store| {
-            Ok::<_, Error>(
-                store
-                    .add(
-                        pk,
-                        self.name.clone(),
-                        vec![addr.to_string()],
-                        PeerSource::Manual,
-                    )
-                    .clone(),
-            )
-        })?;
-        Ok(PeerAdded { record, rtt, note })
+        Ok(PeerProbe {
+            target: addr.to_string(),
+            pubkey: pk,
+            rtt,
+            note,
+            git: false,
+        })
     }
 }
 
@@ -159,15 +232,15 @@ pub(crate) fn is_address(s: &str) -> bool {
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
 }
 
-fn add_git(
+fn probe_git(
     home: &Home,
     me: &PublicKey,
     url: &str,
     pubkey: Option<PublicKey>,
-    name: Option<String>,
     timeout: Duration,
-) -> Result<PeerAdded> {
-    let store = home.open_store()?;
+) -> Result<PeerProbe> {
+    // The repository must exist: the remote is added to it.
+    home.open_store()?;
     let users = remote_users(url, timeout)?;
     let mut note = None;
     let pk = match (pubkey, users.as_slice()) {
@@ -178,37 +251,25 @@ fn add_git(
             pk
         }
         (None, [one]) => *one,
-        (None, []) => {
-            return Err(Error::Usage(format!(
-                "{url} has no users/<key> branch: pass the peer's key"
-            )))
-        }
-        (None, many) => {
-            let list: Vec<String> = many.iter().map(|k| k.to_hex()).collect();
-            return Err(Error::Usage(format!(
-                "{url} holds several agents' branches; choose one by key: {}",
-                list.join(", ")
-            )));
+        (None, _) => {
+            return Err(Error::KeyNeeded {
+                target: url.to_string(),
+                found: users,
+            })
         }
     };
     if pk == *me {
-        return Err(Error::Usage(format!("{url} is this agent's own branch")));
+        return Err(Error::OwnKey {
+            target: url.to_string(),
+            git: true,
+        });
     }
-    let remote = format!("peer_{}", pk.short(8));
-    store.set_remote(&remote, url)?;
-    let record = PeerStore::update(&home.peers_path(), |peers| {
-        peers.add(pk, name, Vec::new(), PeerSource::Git);
-        Ok::<_, Error>(
-            peers
-                .set_git(&pk, Some(url.to_string()), Some(remote))
-                .cloned()
-                .expect("just added"),
-        )
-    })?;
-    Ok(PeerAdded {
-        record,
+    Ok(PeerProbe {
+        target: url.to_string(),
+        pubkey: pk,
         rtt: None,
         note,
+        git: true,
     })
 }
 

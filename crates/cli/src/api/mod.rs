@@ -17,14 +17,16 @@ mod server;
 pub mod sync;
 
 pub use agent::Agent;
-pub use discovery::{connect_to_peer, remote_users, PeerAdded, Peering};
+pub use discovery::{connect_to_peer, remote_users, PeerAdded, PeerProbe, Peering};
 pub use error::{Error, Result};
 pub use server::{Event, Events, GcSchedule, P2PServer, ServerHandle};
 
-/// Node settings of a [`P2PServer`] (limits, timeouts, dialing).
-pub use mmogit_node::NodeConfig;
 /// Replication settings of a [`P2PServer`] (relaying, transfer limits, quotas).
 pub use mmogit_node::replicate::ReplicatorConfig;
+/// Node settings of a [`P2PServer`] (limits, timeouts, dialing).
+pub use mmogit_node::NodeConfig;
 /// How many unknown keys a [`P2PServer`] keeps as pending by default.
 pub use mmogit_node::DEFAULT_MAX_PENDING;
+/// A peer's entry in the peer store (`peers.json`) and its parts.
+pub use mmogit_node::{PeerRecord, PeerSource, PeerStore, TrustState};
 pub use sync::{PeerSyncResult, Refusal, SyncOptions, SyncProgress, SyncTarget};

@@ -12,9 +12,9 @@ use mmogit_node::{
     Discovery, MdnsDiscovery, Node, NodeConfig, NodeEvent, NodeHandle, PeerStatus, PeerStoreTrust,
 };
 use mmogit_store::{Store, UnverifiedMemory, VerifiedMemory};
-use tracing::{info, warn};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
+use tracing::{info, warn};
 
 use super::error::{Error, Result};
 use crate::Home;
@@ -454,7 +454,9 @@ async fn maintenance(repo: std::path::PathBuf, s: GcSchedule) {
             if !store.needs_gc(s.min_packs, s.min_loose) {
                 return Ok(None);
             }
-            store.gc(s.grace, mmogit_store::DEFAULT_GC_TIMEOUT).map(Some)
+            store
+                .gc(s.grace, mmogit_store::DEFAULT_GC_TIMEOUT)
+                .map(Some)
         })
         .await;
         match res {
