@@ -29,4 +29,4 @@ pub use mmogit_node::NodeConfig;
 pub use mmogit_node::DEFAULT_MAX_PENDING;
 /// A peer's entry in the peer store (`peers.json`) and its parts.
 pub use mmogit_node::{PeerRecord, PeerSource, PeerStore, TrustState};
-pub use sync::{PeerSyncResult, Refusal, SyncOptions, SyncProgress, SyncTarget};
+pub use sync::{PeerSyncResult, PeerSyncStatus, Refusal, SyncOptions, SyncProgress, SyncTarget};
