@@ -29,4 +29,10 @@ pub use mmogit_node::NodeConfig;
 pub use mmogit_node::DEFAULT_MAX_PENDING;
 /// A peer's entry in the peer store (`peers.json`) and its parts.
 pub use mmogit_node::{PeerRecord, PeerSource, PeerStore, TrustState};
+/// Memories: what [`Agent::remember`] takes and [`Agent::recall`] and
+/// [`Agent::search`] give.
+pub use mmogit_store::{
+    Filter, MemoryType, NewMemory, RecallResult, SearchHit, SearchResult, VerifiedMemory, Warning,
+    MAX_CONTENT_BYTES,
+};
 pub use sync::{PeerSyncResult, PeerSyncStatus, Refusal, SyncOptions, SyncProgress, SyncTarget};
