@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mmogit_identity::{Identity, PublicKey};
+use mmogit_node::discovery::{Candidate, CandidateTable, Discovery, MdnsDiscovery};
+use mmogit_node::replicate::{since_string, MemoryRequest, QueryOutcome};
 use mmogit_node::{Connection, NodeError, PeerRecord, PeerSource, PeerStore};
+use mmogit_store::Filter;
 
 use super::error::{Error, Result};
 use super::sync::client_config;
@@ -21,6 +24,66 @@ pub async fn connect_to_peer(
     timeout: Duration,
 ) -> Result<Connection> {
     Ok(mmogit_node::connect(addr, identity, expected, &client_config(timeout)).await?)
+}
+
+/// Asks the peer on `conn` for memories matching `filter`, page after page
+/// until its `limit` or the end, each page within `timeout` (`mmogit p2p
+/// query`). The protocol carries the kinds, tags, authors, `since` and
+/// `limit` of a filter; one that sets anything else is a usage error. Every
+/// memory is verified (signature and id); those that do not verify are in
+/// `rejected`, with the reason.
+pub async fn query_peer(
+    conn: &mut Connection,
+    filter: &Filter,
+    timeout: Duration,
+) -> Result<QueryOutcome> {
+    if filter.min_confidence.is_some() || filter.after.is_some() || filter.max_matches.is_some() {
+        return Err(Error::Usage(
+            "a peer query filters by kind, tag, author, time and limit only".into(),
+        ));
+    }
+    let req = MemoryRequest {
+        authors: filter.authors.iter().map(|a| a.to_hex()).collect(),
+        types: filter
+            .kinds
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect(),
+        tags: filter.tags.clone(),
+        since: filter.since.map(since_string),
+        limit: filter.limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+        ..Default::default()
+    };
+    Ok(mmogit_node::replicate::query_peer(conn, req, timeout).await?)
+}
+
+/// The mmogit nodes announcing themselves on the local network with mDNS,
+/// listened for during `listen` (`mmogit p2p discover`), leaving out
+/// `ours`. A node found is only a candidate: nothing is exchanged with it
+/// until it is trusted ([`Peering`]). One announcing a private tag
+/// resolves to a key only for those who know it
+/// ([`Announced::resolve`](mmogit_node::discovery::Announced::resolve)).
+pub async fn discover_lan(listen: Duration, ours: Option<PublicKey>) -> Result<Vec<Candidate>> {
+    let disc = MdnsDiscovery::new().map_err(|e| Error::Other(format!("cannot start mDNS: {e}")))?;
+    let mut rx = disc
+        .browse()
+        .map_err(|e| Error::Other(format!("cannot browse with mDNS: {e}")))?;
+    let mut table = CandidateTable::new(ours);
+    let end = tokio::time::Instant::now() + listen;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(end) => break,
+            ev = rx.recv() => match ev {
+                Some(ev) => { table.apply(ev, std::time::Instant::now()); }
+                None => break,
+            },
+        }
+    }
+    // Withdrawing blocks for about a second.
+    tokio::task::spawn_blocking(move || disc.shutdown())
+        .await
+        .map_err(|e| Error::Other(format!("mDNS shutdown task: {e}")))?;
+    Ok(table.candidates())
 }
 
 /// What [`Peering::add_peer`] and [`Peering::trust`] did.

@@ -17,22 +17,35 @@ mod server;
 pub mod sync;
 
 pub use agent::Agent;
-pub use discovery::{connect_to_peer, remote_users, PeerAdded, PeerProbe, Peering};
+pub use discovery::{
+    connect_to_peer, discover_lan, query_peer, remote_users, PeerAdded, PeerProbe, Peering,
+};
 pub use error::{Error, Result};
 pub use server::{Event, Events, GcSchedule, P2PServer, ServerHandle};
 
+/// A node found on the local network by [`discover_lan`], and how it
+/// announced itself.
+pub use mmogit_node::discovery::{Announced, Candidate};
 /// Replication settings of a [`P2PServer`] (relaying, transfer limits, quotas).
 pub use mmogit_node::replicate::ReplicatorConfig;
 /// Node settings of a [`P2PServer`] (limits, timeouts, dialing).
 pub use mmogit_node::NodeConfig;
 /// How many unknown keys a [`P2PServer`] keeps as pending by default.
 pub use mmogit_node::DEFAULT_MAX_PENDING;
+/// An authenticated session with a peer ([`connect_to_peer`]) and what
+/// [`query_peer`] gets from it.
+pub use mmogit_node::{replicate::QueryOutcome, Connection};
 /// A peer's entry in the peer store (`peers.json`) and its parts.
-pub use mmogit_node::{PeerRecord, PeerSource, PeerStore, TrustState};
+pub use mmogit_node::{PeerRecord, PeerSource, PeerStore, PeerStoreError, TrustState};
+/// What a running node publishes ([`Agent::serve_status`]).
+pub use mmogit_node::{PeerStatus, StatusError, StatusFile};
 /// Memories: what [`Agent::remember`] takes and [`Agent::recall`] and
 /// [`Agent::search`] give.
 pub use mmogit_store::{
     Filter, MemoryType, NewMemory, RecallResult, SearchHit, SearchResult, VerifiedMemory, Warning,
     MAX_CONTENT_BYTES,
 };
+/// What [`Home::open_store`](crate::Home::open_store)'s repository reports
+/// of `mmogit verify` and `mmogit gc`.
+pub use mmogit_store::{GcReport, VerifyReport};
 pub use sync::{PeerSyncResult, PeerSyncStatus, Refusal, SyncOptions, SyncProgress, SyncTarget};
