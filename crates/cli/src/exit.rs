@@ -2,10 +2,9 @@
 
 use std::process::ExitCode;
 
+use mmogit::api::{NodeError, PeerStoreError, StoreError};
 use mmogit::HomeError;
 use mmogit_identity::IdentityError;
-use mmogit_node::{NodeError, PeerStoreError};
-use mmogit_store::StoreError;
 
 /// Exit codes a script can rely on (listed in the README).
 pub mod code {

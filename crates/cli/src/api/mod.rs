@@ -35,10 +35,14 @@ pub use mmogit_node::DEFAULT_MAX_PENDING;
 /// An authenticated session with a peer ([`connect_to_peer`]) and what
 /// [`query_peer`] gets from it.
 pub use mmogit_node::{replicate::QueryOutcome, Connection};
+/// The errors [`Error`] wraps, for telling their cases apart.
+pub use mmogit_node::{NodeError, PeerStoreError};
 /// A peer's entry in the peer store (`peers.json`) and its parts.
-pub use mmogit_node::{PeerRecord, PeerSource, PeerStore, PeerStoreError, TrustState};
+pub use mmogit_node::{PeerRecord, PeerSource, PeerStore, TrustState};
 /// What a running node publishes ([`Agent::serve_status`]).
 pub use mmogit_node::{PeerStatus, StatusError, StatusFile};
+/// The errors [`Error`] wraps, for telling their cases apart.
+pub use mmogit_store::StoreError;
 /// Memories: what [`Agent::remember`] takes and [`Agent::recall`] and
 /// [`Agent::search`] give.
 pub use mmogit_store::{
