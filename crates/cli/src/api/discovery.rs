@@ -62,7 +62,7 @@ pub async fn query_peer(
 /// `ours`. A node found is only a candidate: nothing is exchanged with it
 /// until it is trusted ([`Peering`]). One announcing a private tag
 /// resolves to a key only for those who know it
-/// ([`Announced::resolve`](mmogit_node::discovery::Announced::resolve)).
+/// ([`Announced::resolve`](super::Announced::resolve)).
 pub async fn discover_lan(listen: Duration, ours: Option<PublicKey>) -> Result<Vec<Candidate>> {
     let disc = MdnsDiscovery::new().map_err(|e| Error::Other(format!("cannot start mDNS: {e}")))?;
     let mut rx = disc

@@ -2,13 +2,21 @@
 //!
 //! - [`Agent`]: one agent's home (identity, memory repository, peers) —
 //!   [`remember`](Agent::remember), [`recall`](Agent::recall),
-//!   [`search`](Agent::search), [`sync`](Agent::sync), peer trust;
-//! - [`P2PServer`]: run this agent's node (what `mmogit serve` runs) and
-//!   watch its [`Event`]s, memories received included;
-//! - [`connect_to_peer`] and [`Peering::add_peer`]: reach and trust peers
-//!   (what `mmogit p2p connect` and `mmogit p2p add` do).
+//!   [`search`](Agent::search), [`sync`](Agent::sync) and
+//!   [`sync_status`](Agent::sync_status), peer trust, the
+//!   [`serve_status`](Agent::serve_status) of its running node;
+//! - [`P2PServer`]: run this agent's node (what `mmogit serve` runs, mDNS
+//!   and repository maintenance included) and watch its [`Event`]s,
+//!   memories received included;
+//! - [`connect_to_peer`], [`query_peer`], [`discover_lan`] and
+//!   [`Peering`] ([`probe`](Peering::probe) then [`trust`](Peering::trust),
+//!   or [`add_peer`](Peering::add_peer)): reach, query, find and trust peers
+//!   (what `mmogit p2p connect`, `query`, `discover` and `add` do).
 //!
-//! The CLI is built on these same calls.
+//! The types these calls take and give are re-exported here, so that a
+//! program (the CLI first) needs no other path into the node and store
+//! crates. The CLI is built on these same calls (`tests/layering.rs` checks
+//! that its commands use nothing else).
 
 mod agent;
 mod discovery;
