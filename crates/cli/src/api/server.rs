@@ -200,7 +200,8 @@ impl P2PServer {
         self
     }
 
-    /// Replication settings (serve own branch only, transfer limits); the
+    /// Replication settings (serve own branch only, transfer limits, daily
+    /// quotas per peer); the
     /// repository and key are the home's and the identity's.
     pub fn replication(mut self, cfg: ReplicatorConfig) -> P2PServer {
         self.replication = Some(cfg);
@@ -239,6 +240,9 @@ impl P2PServer {
             .home
             .ok_or_else(|| Error::Usage("P2PServer: no home set (call .home(...))".into()))?;
         let store = home.open_store()?;
+        // What is held before listening: MemoriesReceived lists what comes after.
+        let tips: HashMap<PublicKey, Oid> = store.branches()?.into_iter().collect();
+        drop(store);
         let me = self.identity.public_key();
         let mut rcfg = self
             .replication
@@ -261,8 +265,6 @@ impl P2PServer {
                 .run(inbox_rx, node.sender()),
         );
         let (events, _) = broadcast::channel(1024);
-        let tips: HashMap<PublicKey, Oid> = store.branches()?.into_iter().collect();
-        drop(store);
         let maintenance = self
             .gc
             .filter(|s| !s.interval.is_zero())
