@@ -33,8 +33,8 @@ pub use query::{Filter, RecallKey, RecallResult, Warning};
 pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX, NO_FSYNC_ENV};
 pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
 pub use sync::{
-    BranchIngest, Incoming, IngestReport, IngestStatus, EVIDENCE_PREFIX, MAX_EVIDENCE_PER_AUTHOR,
-    QUARANTINE_PREFIX,
+    remote_users, BranchIngest, Incoming, IngestReport, IngestStatus, EVIDENCE_PREFIX,
+    MAX_EVIDENCE_PER_AUTHOR, QUARANTINE_PREFIX,
 };
 pub use verify::{Problem, VerifyReport};
 
@@ -60,6 +60,9 @@ pub enum StoreError {
         command: String,
         after: std::time::Duration,
     },
+    /// A git remote could not be read (`git ls-remote` failed).
+    #[error("cannot read git repository {remote}: {message}")]
+    RemoteUnreadable { remote: String, message: String },
     #[error("invalid bundle: {0}")]
     InvalidBundle(String),
     #[error("invalid query: {0}")]

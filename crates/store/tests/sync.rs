@@ -57,6 +57,20 @@ fn bundle_file(
     Some(b)
 }
 
+fn git_in(repo: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -580,6 +594,44 @@ fn remote_tips_and_push() {
         .unwrap_err();
     assert!(err.to_string().contains("git push"), "{err}");
     assert_eq!(r.store.tip(&pka).unwrap(), Some(tip));
+}
+
+#[test]
+fn remote_users_lists_the_authors_of_a_repository_not_yet_a_remote() {
+    let (a, r) = (repo(), repo());
+    let (ida, idb) = (id(1), id(2));
+    assert!(mmogit_store::remote_users(path_str(&r.path), T)
+        .unwrap()
+        .is_empty());
+    remember(&a.store, &ida, "a");
+    remember(&a.store, &idb, "b");
+    a.store
+        .push_branch(path_str(&r.path), &ida.public_key(), T)
+        .unwrap();
+    a.store
+        .push_branch(path_str(&r.path), &idb.public_key(), T)
+        .unwrap();
+    // Not a users/<key> branch: not listed.
+    git_in(
+        &r.path,
+        &["branch", "users/not-a-key", &branch_name(&ida.public_key())],
+    );
+    let mut want = vec![ida.public_key(), idb.public_key()];
+    want.sort_by(|x, y| x.as_bytes().cmp(y.as_bytes()));
+    assert_eq!(
+        mmogit_store::remote_users(path_str(&r.path), T).unwrap(),
+        want
+    );
+    let missing = r.path.with_file_name("nowhere.git");
+    let err = mmogit_store::remote_users(path_str(&missing), T).unwrap_err();
+    assert!(
+        matches!(err, mmogit_store::StoreError::RemoteUnreadable { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with("cannot read git repository"),
+        "{err}"
+    );
 }
 
 /// Child side of `a_killed_ingest_never_moves_a_branch_to_an_unverified_tip`.
