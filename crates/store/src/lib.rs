@@ -20,6 +20,8 @@ mod sync;
 mod verify;
 
 pub use bundle::{Bundle, BundleError, BundleWriter, BUNDLE_SIGNATURE, INCOMING_DIR};
+/// Commit and blob ids, as [`Store`] takes and returns them.
+pub use git2::Oid;
 pub use maintain::{
     GcReport, ObjectCounts, AUTO_CONSOLIDATE_PACKS, DEFAULT_GC_GRACE, DEFAULT_GC_TIMEOUT,
 };

@@ -634,6 +634,33 @@ fn remote_users_lists_the_authors_of_a_repository_not_yet_a_remote() {
     );
 }
 
+#[test]
+fn added_since_lists_what_other_branches_gained_verified() {
+    let a = repo();
+    let (me, other, third) = (id(1), id(2), id(3));
+    remember(&a.store, &me, "mine");
+    let before = remember(&a.store, &other, "before");
+    let (none, tips) = a.store.added_since(&Default::default(), &[]).unwrap();
+    assert_eq!(none.len(), 2, "every branch counts from its root");
+    assert_eq!(tips.len(), 2);
+    // Others' branches move (as a sync or a peer's transfer moves them).
+    let m1 = remember(&a.store, &other, "new from other");
+    let m2 = remember(&a.store, &third, "new from third");
+    remember(&a.store, &me, "mine again");
+    let (got, tips2) = a.store.added_since(&tips, &[me.public_key()]).unwrap();
+    let ids: Vec<&str> = got.iter().map(|m| m.id()).collect();
+    assert_eq!(
+        ids,
+        vec![m1.id(), m2.id()],
+        "oldest first, not ours, not `before`"
+    );
+    assert!(!ids.contains(&before.id()));
+    assert_eq!(tips2.len(), 3);
+    // Nothing moved since: nothing listed.
+    let (again, _) = a.store.added_since(&tips2, &[]).unwrap();
+    assert!(again.is_empty());
+}
+
 /// Child side of `a_killed_ingest_never_moves_a_branch_to_an_unverified_tip`.
 #[test]
 fn ingest_child_process() {
