@@ -1,6 +1,5 @@
 //! Reaching peers and trusting them (`mmogit p2p connect`, `mmogit p2p add`).
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +7,7 @@ use mmogit_identity::{Identity, PublicKey};
 use mmogit_node::discovery::{Candidate, CandidateTable, Discovery, MdnsDiscovery};
 use mmogit_node::replicate::{since_string, MemoryRequest, QueryOutcome};
 use mmogit_node::{Connection, NodeError, PeerRecord, PeerSource, PeerStore};
-use mmogit_store::Filter;
+use mmogit_store::{Filter, StoreError};
 
 use super::error::{Error, Result};
 use super::sync::client_config;
@@ -339,42 +338,13 @@ fn probe_git(
 /// The authors of the `users/<key>` branches of a git remote, listed by
 /// `git ls-remote` within `timeout` (then [`Error::Node`] with
 /// `NodeError::Timeout`); a remote that cannot be read is
-/// [`Error::Unreachable`].
+/// [`Error::Unreachable`]. (The store runs git: [`mmogit_store::remote_users`].)
 pub fn remote_users(url: &str, timeout: Duration) -> Result<Vec<PublicKey>> {
-    let io = |e: std::io::Error| Error::Other(format!("running git (is it installed?): {e}"));
-    let mut child = Command::new("git")
-        .args(["ls-remote", "--", url, "refs/heads/users/*"])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io)?;
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if child.try_wait().map_err(io)?.is_some() {
-            break;
+    mmogit_store::remote_users(url, timeout).map_err(|e| match e {
+        StoreError::Timeout { .. } => {
+            NodeError::Timeout(format!("git ls-remote {url} took longer than {timeout:?}")).into()
         }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(mmogit_node::NodeError::Timeout(format!(
-                "git ls-remote {url} took longer than {timeout:?}"
-            ))
-            .into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().map_err(io)?;
-    if !out.status.success() {
-        return Err(Error::Unreachable(format!(
-            "cannot read git repository {url}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split('\t').nth(1))
-        .filter_map(mmogit_store::parse_branch_name)
-        .collect())
+        StoreError::RemoteUnreadable { .. } => Error::Unreachable(e.to_string()),
+        e => Error::Other(e.to_string()),
+    })
 }

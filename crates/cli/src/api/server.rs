@@ -5,13 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use git2::Oid;
 use mmogit_identity::{Identity, PublicKey};
 use mmogit_node::replicate::{ReplicationEvent, Replicator, ReplicatorConfig};
 use mmogit_node::{
     Discovery, MdnsDiscovery, Node, NodeConfig, NodeEvent, NodeHandle, PeerStatus, PeerStoreTrust,
 };
-use mmogit_store::{Store, UnverifiedMemory, VerifiedMemory};
+use mmogit_store::{Oid, Store, VerifiedMemory};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -491,52 +490,11 @@ fn new_memories(
             return (Vec::new(), old.clone());
         }
     };
-    let branches = match store.branches() {
-        Ok(b) => b,
+    match store.added_since(old, std::slice::from_ref(me)) {
+        Ok(found) => found,
         Err(e) => {
             tracing::warn!("cannot list branches: {e}");
-            return (Vec::new(), old.clone());
-        }
-    };
-    let mut out = Vec::new();
-    for (pk, tip) in &branches {
-        if pk == me || old.get(pk) == Some(tip) {
-            continue;
-        }
-        match added_on_branch(&store, old.get(pk).copied(), *tip) {
-            Ok(mut ms) => out.append(&mut ms),
-            Err(e) => tracing::warn!(author = %pk.short(12), "cannot list received memories: {e}"),
+            (Vec::new(), old.clone())
         }
     }
-    out.sort_by(|a, b| a.created_at().cmp(b.created_at()));
-    (out, branches.into_iter().collect())
-}
-
-/// Memory files added between `old` and `new` on one branch, verified.
-fn added_on_branch(
-    store: &Store,
-    old: Option<Oid>,
-    new: Oid,
-) -> std::result::Result<Vec<VerifiedMemory>, git2::Error> {
-    let repo = store.git();
-    let new_tree = repo.find_commit(new)?.tree()?;
-    let old_tree = match old {
-        Some(o) => Some(repo.find_commit(o)?.tree()?),
-        None => None,
-    };
-    let diff = repo.diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), None)?;
-    let mut out = Vec::new();
-    for d in diff.deltas() {
-        if d.status() != git2::Delta::Added {
-            continue;
-        }
-        let blob = match repo.find_blob(d.new_file().id()) {
-            Ok(b) => b,
-            Err(_) => continue,
-        };
-        if let Ok(m) = UnverifiedMemory::from_json(blob.content()).and_then(|m| m.verify()) {
-            out.push(m);
-        }
-    }
-    Ok(out)
 }
