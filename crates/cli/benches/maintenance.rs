@@ -143,7 +143,7 @@ fn main() {
         "imported {n} memories in batches of {batch} in {:.1?}",
         t.elapsed()
     );
-    // Build the recall index once, as any first recall would.
+    // Build the index once, as any first recall would.
     recall_runs(&bin, &home, 1);
 
     let before = counts(&home);

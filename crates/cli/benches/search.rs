@@ -212,7 +212,7 @@ fn main() {
         let log = String::from_utf8_lossy(&out.stderr);
         let t = log
             .lines()
-            .find(|l| l.contains("search index updated"))
+            .find(|l| l.contains("index updated"))
             .and_then(|l| l.split("ms=").nth(1))
             .and_then(|s| s.split_whitespace().next())
             .and_then(|s| s.parse::<f64>().ok())

@@ -2,11 +2,9 @@
 
 use std::process::ExitCode;
 
+use mmogit::api::{NodeError, PeerStoreError, ReplicateError, StoreError};
 use mmogit::HomeError;
 use mmogit_identity::IdentityError;
-use mmogit_node::replicate::ReplicateError;
-use mmogit_node::{NodeError, PeerStoreError};
-use mmogit_store::StoreError;
 
 /// Exit codes a script can rely on (listed in the README).
 pub mod code {
@@ -120,7 +118,9 @@ fn api_code(e: &mmogit::Error) -> Option<u8> {
         mmogit::Error::Store(e) => store_code(e),
         mmogit::Error::Node(e) => node_code(e),
         mmogit::Error::Peers(e) => peers_code(e),
-        mmogit::Error::Usage(_) => Some(code::USAGE),
+        mmogit::Error::Usage(_)
+        | mmogit::Error::KeyNeeded { .. }
+        | mmogit::Error::OwnKey { .. } => Some(code::USAGE),
         mmogit::Error::Unreachable(_) => Some(code::UNREACHABLE),
         _ => None,
     }
@@ -207,4 +207,40 @@ pub fn report(err: &anyhow::Error, verbose: u8) -> ExitCode {
         }
     }
     ExitCode::from(code_of(err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sync_error_says_whose_fault_it_was() {
+        let code = |e: ReplicateError| code_of(&anyhow::Error::new(e));
+        // The peer broke the protocol or timed out: its codes.
+        assert_eq!(
+            code(ReplicateError::Peer(NodeError::Protocol(
+                "bad chunk".into()
+            ))),
+            code::PROTOCOL
+        );
+        assert_eq!(
+            code(ReplicateError::Peer(NodeError::Timeout("waiting".into()))),
+            code::TIMEOUT
+        );
+        // Our own store failed: a failure of ours, never the peer's code.
+        assert_eq!(
+            code(ReplicateError::Store(StoreError::InvalidBundle(
+                "disk".into()
+            ))),
+            code::FAILURE
+        );
+        assert_eq!(
+            code(ReplicateError::Store(StoreError::NoRepository("/x".into()))),
+            code::NOT_INITIALIZED
+        );
+        assert_eq!(
+            code(ReplicateError::Worker("panicked".into())),
+            code::FAILURE
+        );
+    }
 }

@@ -149,6 +149,14 @@ impl Home {
         }
     }
 
+    /// Creates the memory repository if there is none and points its HEAD
+    /// at `owner`'s branch (what `mmogit init` does once the key is saved).
+    pub fn init_repo(&self, owner: &PublicKey) -> Result<Store, HomeError> {
+        let store = Store::open_or_init(&self.repo_path())?;
+        store.set_head_to(owner)?;
+        Ok(store)
+    }
+
     /// Resolves `me`, a full key, or a unique prefix (≥ 8 hex) of an author
     /// with a branch in the repository.
     pub fn resolve_author(&self, s: &str, me: Option<&PublicKey>) -> Result<PublicKey, HomeError> {

@@ -49,7 +49,8 @@ pub mod api;
 mod home;
 
 pub use api::{
-    connect_to_peer, Agent, Error, Event, Events, P2PServer, PeerAdded, PeerSyncResult, Peering,
-    Refusal, ServerHandle, SyncOptions, SyncProgress, SyncTarget,
+    connect_to_peer, discover_lan, query_peer, Agent, Error, Event, Events, GcSchedule, P2PServer,
+    PeerAdded, PeerProbe, PeerSyncResult, PeerSyncStatus, Peering, Refusal, ServerHandle,
+    SyncOptions, SyncProgress, SyncTarget,
 };
 pub use home::{resolve_prefix, Home, HomeError};

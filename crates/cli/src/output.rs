@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
+use mmogit::api::VerifiedMemory;
 use mmogit_identity::Identity;
-use mmogit_store::VerifiedMemory;
 use serde::Serialize;
 
 /// The JSON shape of a memory in `recall --json`, `show --json` and `remember --json`.

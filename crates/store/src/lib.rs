@@ -20,6 +20,9 @@ mod sync;
 mod verify;
 
 pub use bundle::{Bundle, BundleError, BundleWriter, BUNDLE_SIGNATURE, INCOMING_DIR};
+/// Commit and blob ids, as [`Store`] takes and returns them.
+pub use git2::Oid;
+pub use index::IndexUpdate;
 pub use maintain::{
     GcReport, ObjectCounts, AUTO_CONSOLIDATE_PACKS, DEFAULT_GC_GRACE, DEFAULT_GC_TIMEOUT,
 };
@@ -31,10 +34,10 @@ pub use memory::{
 pub use quarantine::{Quarantine, QUARANTINE_DIR};
 pub use query::{Filter, RecallKey, RecallResult, Warning};
 pub use repo::{branch_name, parse_branch_name, Store, BRANCH_PREFIX, NO_FSYNC_ENV};
-pub use search::{fts_query, IndexUpdate, SearchHit, SearchQuery, SearchResult};
+pub use search::{fts_query, SearchHit, SearchQuery, SearchResult};
 pub use sync::{
-    BranchIngest, Incoming, IngestReport, IngestStatus, EVIDENCE_PREFIX, MAX_EVIDENCE_PER_AUTHOR,
-    QUARANTINE_PREFIX,
+    remote_users, BranchIngest, Incoming, IngestReport, IngestStatus, EVIDENCE_PREFIX,
+    MAX_EVIDENCE_PER_AUTHOR, QUARANTINE_PREFIX,
 };
 pub use verify::{Problem, VerifyReport};
 
@@ -60,6 +63,9 @@ pub enum StoreError {
         command: String,
         after: std::time::Duration,
     },
+    /// A git remote could not be read (`git ls-remote` failed).
+    #[error("cannot read git repository {remote}: {message}")]
+    RemoteUnreadable { remote: String, message: String },
     #[error("invalid bundle: {0}")]
     InvalidBundle(String),
     #[error("invalid query: {0}")]

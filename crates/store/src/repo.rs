@@ -1,6 +1,6 @@
 //! The git repository: branches, in-process object writes, tree comparison.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -299,6 +299,69 @@ impl Store {
         tip == commit
             || (self.repo.find_commit(commit).is_ok()
                 && self.repo.graph_descendant_of(tip, commit).unwrap_or(false))
+    }
+
+    /// The memories added on the `users/*` branches since the tips in
+    /// `old` (a branch absent from `old` counts from its root), oldest
+    /// first, each read from git and verified, and the current tips of all
+    /// branches (to pass as `old` next time). Branches whose tip has not
+    /// moved and the authors in `skip` are not looked at. A file added on a
+    /// branch whose owner did not sign it, or that does not verify, is left
+    /// out; a branch that cannot be read is logged and left out (its new
+    /// tip is still returned, so it is not read again).
+    ///
+    /// What a running node reports as received after a transfer: it lists
+    /// what other processes (a `sync`) brought in as well.
+    pub fn added_since(
+        &self,
+        old: &HashMap<PublicKey, Oid>,
+        skip: &[PublicKey],
+    ) -> Result<(Vec<VerifiedMemory>, HashMap<PublicKey, Oid>), StoreError> {
+        let branches = self.branches()?;
+        let mut out = Vec::new();
+        for (pk, tip) in &branches {
+            if skip.contains(pk) || old.get(pk) == Some(tip) {
+                continue;
+            }
+            match self.added_on_branch(pk, old.get(pk).copied(), *tip) {
+                Ok(mut ms) => out.append(&mut ms),
+                Err(e) => {
+                    tracing::warn!(author = %pk.short(12), "cannot list received memories: {e}")
+                }
+            }
+        }
+        out.sort_by(|a, b| a.created_at().cmp(b.created_at()));
+        Ok((out, branches.into_iter().collect()))
+    }
+
+    /// The memory files added between commits `old` (None: nothing) and
+    /// `new` of `owner`'s branch, verified.
+    fn added_on_branch(
+        &self,
+        owner: &PublicKey,
+        old: Option<Oid>,
+        new: Oid,
+    ) -> Result<Vec<VerifiedMemory>, StoreError> {
+        let new_tree = self.repo.find_commit(new)?.tree()?;
+        let old_tree = match old {
+            Some(o) => Some(self.repo.find_commit(o)?.tree()?),
+            None => None,
+        };
+        let mut out = Vec::new();
+        for ch in self.diff_trees(old_tree.as_ref(), &new_tree)? {
+            let Change::Added { blob, id, .. } = ch else {
+                continue;
+            };
+            let m = self
+                .read_blob(blob, crate::MAX_MEMORY_FILE_BYTES)
+                .and_then(|d| crate::UnverifiedMemory::from_json(&d))
+                .and_then(|m| m.verify());
+            match m {
+                Ok(m) if m.id() == id && m.author() == owner => out.push(m),
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     /// Tip of `author`'s branch.

@@ -229,93 +229,7 @@ impl Store {
         stdin: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<GitOutput, StoreError> {
-        let mut cmd = Command::new("git");
-        cmd.arg("--git-dir")
-            .arg(self.path())
-            .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
-            .args(["-c", "protocol.ext.allow=never"])
-            // What git writes here (fetched objects, repacked packs) is
-            // fsynced as libgit2's writes are (see `repo::durable_writes`).
-            .args(["-c", "core.fsync=all", "-c", "core.fsyncMethod=fsync"])
-            .args(args)
-            .env("GIT_TERMINAL_PROMPT", "0")
-            .env("LC_ALL", "C");
-        for v in [
-            "GIT_DIR",
-            "GIT_WORK_TREE",
-            "GIT_INDEX_FILE",
-            "GIT_OBJECT_DIRECTORY",
-            "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-            "GIT_NAMESPACE",
-            "GIT_QUARANTINE_PATH",
-        ] {
-            cmd.env_remove(v);
-        }
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| StoreError::GitCommand {
-            command: what.to_string(),
-            message: format!("cannot run git (is it installed?): {e}"),
-        })?;
-        if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            std::thread::spawn(move || {
-                let _ = pipe.write_all(&data);
-            });
-        }
-        let out_rx = reader_thread(child.stdout.take().expect("piped stdout"));
-        let err_rx = reader_thread(child.stderr.take().expect("piped stderr"));
-        let deadline = Instant::now() + timeout;
-        let mut sleep = Duration::from_millis(1);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(StoreError::GitCommand {
-                        command: what.to_string(),
-                        message: format!("waiting for git: {e}"),
-                    });
-                }
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                tracing::warn!(command = what, ?timeout, "git killed after its time limit");
-                return Err(StoreError::Timeout {
-                    command: what.to_string(),
-                    after: timeout,
-                });
-            }
-            std::thread::sleep(sleep);
-            sleep = (sleep * 2).min(Duration::from_millis(50));
-        };
-        // A grandchild (ssh, upload-pack) could keep a pipe open: wait a
-        // little for the output, not forever.
-        let grace = Duration::from_secs(5);
-        let stdout = out_rx.recv_timeout(grace).ok().and_then(Result::ok);
-        let stderr = err_rx
-            .recv_timeout(grace)
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        let Some(stdout) = stdout else {
-            return Err(StoreError::GitCommand {
-                command: what.to_string(),
-                message: "could not read the output of git".into(),
-            });
-        };
-        Ok(GitOutput {
-            status,
-            stdout,
-            stderr,
-        })
+        run_git_in(Some(self.path()), what, args, stdin, timeout)
     }
 
     /// Refs under `refs/quarantine/`: where versions before the quarantine
@@ -704,4 +618,132 @@ impl Store {
         }
         Ok(n)
     }
+}
+
+/// Runs `git [--git-dir <git_dir>] <args>`, killing it after `timeout`.
+/// `what` names the command in errors. Never prompts for credentials.
+/// Without a git dir, for what needs no repository (`ls-remote` of a URL).
+fn run_git_in(
+    git_dir: Option<&std::path::Path>,
+    what: &str,
+    args: &[OsString],
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+) -> Result<GitOutput, StoreError> {
+    let mut cmd = Command::new("git");
+    if let Some(dir) = git_dir {
+        cmd.arg("--git-dir").arg(dir);
+    }
+    cmd.args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
+        .args(["-c", "protocol.ext.allow=never"])
+        // What git writes here (fetched objects, repacked packs) is
+        // fsynced as libgit2's writes are (see `repo::durable_writes`).
+        .args(["-c", "core.fsync=all", "-c", "core.fsyncMethod=fsync"])
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C");
+    for v in [
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_NAMESPACE",
+        "GIT_QUARANTINE_PATH",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| StoreError::GitCommand {
+        command: what.to_string(),
+        message: format!("cannot run git (is it installed?): {e}"),
+    })?;
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&data);
+        });
+    }
+    let out_rx = reader_thread(child.stdout.take().expect("piped stdout"));
+    let err_rx = reader_thread(child.stderr.take().expect("piped stderr"));
+    let deadline = Instant::now() + timeout;
+    let mut sleep = Duration::from_millis(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StoreError::GitCommand {
+                    command: what.to_string(),
+                    message: format!("waiting for git: {e}"),
+                });
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            tracing::warn!(command = what, ?timeout, "git killed after its time limit");
+            return Err(StoreError::Timeout {
+                command: what.to_string(),
+                after: timeout,
+            });
+        }
+        std::thread::sleep(sleep);
+        sleep = (sleep * 2).min(Duration::from_millis(50));
+    };
+    // A grandchild (ssh, upload-pack) could keep a pipe open: wait a
+    // little for the output, not forever.
+    let grace = Duration::from_secs(5);
+    let stdout = out_rx.recv_timeout(grace).ok().and_then(Result::ok);
+    let stderr = err_rx
+        .recv_timeout(grace)
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let Some(stdout) = stdout else {
+        return Err(StoreError::GitCommand {
+            command: what.to_string(),
+            message: "could not read the output of git".into(),
+        });
+    };
+    Ok(GitOutput {
+        status,
+        stdout,
+        stderr,
+    })
+}
+
+/// The authors of the `users/<key>` branches of the git repository at `url`
+/// (a URL or a path), in key order, from `git ls-remote` run outside any
+/// repository (for a peer's repository before it is a remote of ours).
+/// Refs that are not `users/<key>` are skipped.
+///
+/// Errors: [`StoreError::RemoteUnreadable`] when git cannot read `url`,
+/// [`StoreError::Timeout`] after `timeout` (git is killed), and
+/// [`StoreError::GitCommand`] when git cannot be run at all.
+pub fn remote_users(url: &str, timeout: Duration) -> Result<Vec<PublicKey>, StoreError> {
+    let args: Vec<OsString> = ["ls-remote", "--refs", "--", url, "refs/heads/users/*"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    let out = run_git_in(None, &format!("git ls-remote {url}"), &args, None, timeout)?;
+    if !out.status.success() {
+        return Err(StoreError::RemoteUnreadable {
+            remote: url.to_string(),
+            message: out.stderr_text(),
+        });
+    }
+    let mut users: Vec<PublicKey> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| crate::parse_branch_name(l.split('\t').nth(1)?))
+        .collect();
+    users.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(users)
 }

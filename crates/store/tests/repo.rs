@@ -345,6 +345,10 @@ fn recall_index_is_incremental_and_rebuilt_when_lost_or_corrupt() {
         })
         .collect();
     store.import(&a, &mems, 1000, |_| {}).unwrap();
+    // The JSON recall index of earlier versions goes when the index is built.
+    let legacy = repo.join("mmogit/recall-index.json");
+    std::fs::create_dir_all(legacy.parent().unwrap()).unwrap();
+    std::fs::write(&legacy, b"{}").unwrap();
     let limited = Filter {
         limit: Some(5),
         ..Default::default()
@@ -357,21 +361,52 @@ fn recall_index_is_incremental_and_rebuilt_when_lost_or_corrupt() {
         .map(|m| m.id().to_string())
         .collect();
     assert_eq!(first, want);
-    let index = repo.join("mmogit/recall-index.json");
+    let index = store.search_index_path();
     assert!(index.exists());
+    assert!(!legacy.exists());
 
-    // A new memory is picked up by walking only the new commit.
+    // A new memory is picked up by reading only the new file.
     let newest = remember(&store, &a, new(MemoryType::Task, "after import", &[]));
     assert_eq!(recall_ids(&store, &limited)[0], newest.id());
     let all = recall_ids(&store, &Filter::default());
     assert_eq!(all.len(), 301);
+    let u = store.update_search_index(None).unwrap();
+    assert_eq!(
+        (u.added, u.rebuilt),
+        (0, false),
+        "recall left it up to date"
+    );
 
     // Deleted or corrupt: rebuilt, same answers.
-    std::fs::remove_file(&index).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = index.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
     assert_eq!(recall_ids(&store, &Filter::default()), all);
-    std::fs::write(&index, b"{ garbage").unwrap();
+    drop(store);
+    for suffix in ["-wal", "-shm"] {
+        let mut p = index.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    std::fs::write(&index, vec![b'x'; 8192]).unwrap();
+    let store = Store::open(&repo).unwrap();
     assert_eq!(recall_ids(&store, &Filter::default()), all);
-    assert!(serde_json::from_slice::<serde_json::Value>(&std::fs::read(&index).unwrap()).is_ok());
+    assert_eq!(recall_ids(&store, &limited), all[..5].to_vec());
+}
+
+#[test]
+fn recall_works_in_a_repository_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo.git");
+    let store = Store::open_or_init(&repo).unwrap();
+    let a = Identity::from_secret_bytes(&[1; 32]);
+    let m = remember(&store, &a, new(MemoryType::Learning, "read only", &[]));
+    // A directory where the index file would be: it cannot be created
+    // (as in a repository this process may not write).
+    std::fs::create_dir_all(store.search_index_path()).unwrap();
+    assert_eq!(recall_ids(&store, &Filter::default()), vec![m.id()]);
 }
 
 #[test]
@@ -390,20 +425,14 @@ fn a_lying_index_never_yields_an_unverified_memory() {
         .git()
         .blob(&serde_json::to_vec(&rec).unwrap())
         .unwrap();
-    let index = repo.join("mmogit/recall-index.json");
-    let text = std::fs::read_to_string(&index).unwrap();
-    let good_blob = store
-        .git()
-        .find_commit(store.tip(&a.public_key()).unwrap().unwrap())
-        .unwrap()
-        .tree()
-        .unwrap()
-        .get_path(std::path::Path::new(&good.path()))
-        .unwrap()
-        .id()
-        .to_string();
-    assert!(text.contains(&good_blob));
-    std::fs::write(&index, text.replace(&good_blob, &forged.to_string())).unwrap();
+    let db = rusqlite::Connection::open(store.search_index_path()).unwrap();
+    let n = db
+        .execute(
+            "UPDATE docs SET blob = ?1 WHERE id = ?2",
+            [forged.to_string(), good.id().to_string()],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
     let got = store.recall(&Filter::default()).unwrap();
     let ids: Vec<&str> = got.memories.iter().map(|m| m.id()).collect();
     assert_eq!(ids, vec![other.id()], "the forged content is not returned");
@@ -415,8 +444,11 @@ fn a_lying_index_never_yields_an_unverified_memory() {
         got.warnings
     );
     // A lying tag in the index cannot smuggle a memory past the filter.
-    let text = std::fs::read_to_string(&index).unwrap();
-    std::fs::write(&index, text.replace("\"y\"", "\"x\"")).unwrap();
+    db.execute(
+        "UPDATE docs SET tags = ?1 WHERE id = ?2",
+        ["\u{1f}x\u{1f}".to_string(), other.id().to_string()],
+    )
+    .unwrap();
     let got = store
         .recall(&Filter {
             tags: vec!["x".into()],
@@ -427,6 +459,76 @@ fn a_lying_index_never_yields_an_unverified_memory() {
         .memories
         .iter()
         .all(|m| m.tags().contains(&"x".to_string())));
+    assert!(!got.memories.iter().any(|m| m.id() == other.id()));
+}
+
+#[test]
+fn files_that_cannot_be_memories_are_recall_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo.git");
+    let store = Store::open_or_init(&repo).unwrap();
+    let a = Identity::from_secret_bytes(&[1; 32]);
+    let b = Identity::from_secret_bytes(&[2; 32]);
+    let ok = remember(&store, &a, new(MemoryType::Learning, "fine", &[]));
+    // b's memory committed to a's branch, and a file that is not JSON.
+    let theirs = VerifiedMemory::create(&b, new(MemoryType::Learning, "theirs", &[])).unwrap();
+    let git = store.git();
+    let tip = git
+        .find_commit(store.tip(&a.public_key()).unwrap().unwrap())
+        .unwrap();
+    let mut tree = tip.tree().unwrap();
+    for (id, data) in [
+        (theirs.id().to_string(), theirs.to_json()),
+        (format!("{:0<64}", &ok.id()[..2]), b"garbage".to_vec()),
+    ] {
+        let blob = git.blob(&data).unwrap();
+        let path = std::path::Path::new("memories")
+            .join(&id[..2])
+            .join(format!("{id}.json"));
+        let mut b = git2::build::TreeUpdateBuilder::new();
+        b.upsert(&path, blob, git2::FileMode::Blob);
+        let oid = b.create_updated(git, &tree).unwrap();
+        tree = git.find_tree(oid).unwrap();
+    }
+    let sig = git2::Signature::now("t", "t@t").unwrap();
+    git.commit(
+        Some(&branch_name(&a.public_key())),
+        &sig,
+        &sig,
+        "bad files",
+        &tree,
+        &[&tip],
+    )
+    .unwrap();
+    let got = store.recall(&Filter::default()).unwrap();
+    let ids: Vec<&str> = got.memories.iter().map(|m| m.id()).collect();
+    assert_eq!(ids, vec![ok.id()]);
+    let reasons: Vec<&str> = got.warnings.iter().map(|w| w.reason.as_str()).collect();
+    assert_eq!(got.warnings.len(), 2, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("on a branch it does not own")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("not a memory record")),
+        "{reasons:?}"
+    );
+    assert!(got.warnings.iter().all(|w| w
+        .path
+        .starts_with(&format!("users/{}:memories/", a.public_key().to_hex()))));
+    // Reported on every recall, not only the one that indexed them.
+    assert_eq!(
+        store.recall(&Filter::default()).unwrap().warnings,
+        got.warnings
+    );
+    // Only for the authors asked about.
+    let only_b = Filter {
+        authors: vec![b.public_key()],
+        ..Default::default()
+    };
+    assert!(store.recall(&only_b).unwrap().warnings.is_empty());
 }
 
 #[test]

@@ -458,3 +458,77 @@ fn private_content_is_indexed_only_for_its_owner() {
     // Read by its owner again, it is searchable again.
     assert_eq!(find(&store, Some(&a), "xylophonist"), vec![secret.id()]);
 }
+
+#[test]
+fn recall_and_search_share_one_index_whoever_builds_it() {
+    let (_d, store) = tmp_store();
+    let a = Identity::from_secret_bytes(&[1; 32]);
+    let private = |content: &str| {
+        let mut n = new(MemoryType::Reflection, content, &["diary"]);
+        n.private = true;
+        remember(&store, &a, n)
+    };
+    let first = private("my xylophonist secret");
+    let public = text(&store, &a, "a public xylophonist note");
+    // A recall (no key) builds the index for nobody...
+    let all = store.recall(&Filter::default()).unwrap();
+    assert_eq!(all.memories.len(), 2);
+    let u = store.update_search_index(None).unwrap();
+    assert_eq!((u.rebuilt, u.added), (false, 0), "{u:?}");
+    // ...which the owner's search takes over without rebuilding it.
+    let r = search(&store, Some(&a), "xylophonist", Filter::default());
+    assert!(!r.update.rebuilt, "{:?}", r.update);
+    let mut got = ids(&r);
+    got.sort();
+    let mut want = vec![first.id().to_string(), public.id().to_string()];
+    want.sort();
+    assert_eq!(got, want);
+    // A private memory that a recall indexes (without the key) is recalled
+    // at once and found by the next search of its owner.
+    let second = private("another zither secret");
+    let r = store
+        .recall(&Filter {
+            limit: Some(1),
+            ..Filter::default()
+        })
+        .unwrap();
+    assert_eq!(r.memories[0].id(), second.id());
+    assert_eq!(find(&store, Some(&a), "zither"), vec![second.id()]);
+    // Recall after the owner's search does not touch it.
+    assert_eq!(store.recall(&Filter::default()).unwrap().memories.len(), 3);
+    let u = store.update_search_index(Some(&a)).unwrap();
+    assert_eq!((u.rebuilt, u.added, u.branches), (false, 0, 0), "{u:?}");
+}
+
+#[test]
+fn the_index_answers_for_the_tips_a_recall_saw() {
+    let (d, store) = tmp_store();
+    let a = Identity::from_secret_bytes(&[1; 32]);
+    let m1 = text(&store, &a, "one");
+    assert_eq!(store.recall(&Filter::default()).unwrap().memories.len(), 1);
+    // Another process moves the branch, then another one (which saw the
+    // old tip) writes the index back to that old tip.
+    let other = Store::open(&d.path().join("repo.git")).unwrap();
+    let old_tip = store.tip(&a.public_key()).unwrap().unwrap();
+    let m2 = text(&other, &a, "two");
+    assert_eq!(other.recall(&Filter::default()).unwrap().memories.len(), 2);
+    let db = rusqlite::Connection::open(store.search_index_path()).unwrap();
+    db.execute("UPDATE branches SET tip = ?1", [old_tip.to_string()])
+        .unwrap();
+    db.execute(
+        "DELETE FROM fts WHERE rowid IN (SELECT rowid FROM docs WHERE id = ?1)",
+        [m2.id()],
+    )
+    .unwrap();
+    db.execute("DELETE FROM docs WHERE id = ?1", [m2.id()])
+        .unwrap();
+    drop(db);
+    let ids: Vec<String> = store
+        .recall(&Filter::default())
+        .unwrap()
+        .memories
+        .iter()
+        .map(|m| m.id().to_string())
+        .collect();
+    assert_eq!(ids, vec![m2.id().to_string(), m1.id().to_string()]);
+}

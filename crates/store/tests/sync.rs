@@ -57,6 +57,20 @@ fn bundle_file(
     Some(b)
 }
 
+fn git_in(repo: &Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -580,6 +594,71 @@ fn remote_tips_and_push() {
         .unwrap_err();
     assert!(err.to_string().contains("git push"), "{err}");
     assert_eq!(r.store.tip(&pka).unwrap(), Some(tip));
+}
+
+#[test]
+fn remote_users_lists_the_authors_of_a_repository_not_yet_a_remote() {
+    let (a, r) = (repo(), repo());
+    let (ida, idb) = (id(1), id(2));
+    assert!(mmogit_store::remote_users(path_str(&r.path), T)
+        .unwrap()
+        .is_empty());
+    remember(&a.store, &ida, "a");
+    remember(&a.store, &idb, "b");
+    a.store
+        .push_branch(path_str(&r.path), &ida.public_key(), T)
+        .unwrap();
+    a.store
+        .push_branch(path_str(&r.path), &idb.public_key(), T)
+        .unwrap();
+    // Not a users/<key> branch: not listed.
+    git_in(
+        &r.path,
+        &["branch", "users/not-a-key", &branch_name(&ida.public_key())],
+    );
+    let mut want = vec![ida.public_key(), idb.public_key()];
+    want.sort_by(|x, y| x.as_bytes().cmp(y.as_bytes()));
+    assert_eq!(
+        mmogit_store::remote_users(path_str(&r.path), T).unwrap(),
+        want
+    );
+    let missing = r.path.with_file_name("nowhere.git");
+    let err = mmogit_store::remote_users(path_str(&missing), T).unwrap_err();
+    assert!(
+        matches!(err, mmogit_store::StoreError::RemoteUnreadable { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with("cannot read git repository"),
+        "{err}"
+    );
+}
+
+#[test]
+fn added_since_lists_what_other_branches_gained_verified() {
+    let a = repo();
+    let (me, other, third) = (id(1), id(2), id(3));
+    remember(&a.store, &me, "mine");
+    let before = remember(&a.store, &other, "before");
+    let (none, tips) = a.store.added_since(&Default::default(), &[]).unwrap();
+    assert_eq!(none.len(), 2, "every branch counts from its root");
+    assert_eq!(tips.len(), 2);
+    // Others' branches move (as a sync or a peer's transfer moves them).
+    let m1 = remember(&a.store, &other, "new from other");
+    let m2 = remember(&a.store, &third, "new from third");
+    remember(&a.store, &me, "mine again");
+    let (got, tips2) = a.store.added_since(&tips, &[me.public_key()]).unwrap();
+    let ids: Vec<&str> = got.iter().map(|m| m.id()).collect();
+    assert_eq!(
+        ids,
+        vec![m1.id(), m2.id()],
+        "oldest first, not ours, not `before`"
+    );
+    assert!(!ids.contains(&before.id()));
+    assert_eq!(tips2.len(), 3);
+    // Nothing moved since: nothing listed.
+    let (again, _) = a.store.added_since(&tips2, &[]).unwrap();
+    assert!(again.is_empty());
 }
 
 /// Child side of `a_killed_ingest_never_moves_a_branch_to_an_unverified_tip`.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use mmogit_identity::{Identity, PublicKey, RecoveryPhrase};
-use mmogit_node::{PeerRecord, PeerStore, TrustState};
+use mmogit_node::{read_status, PeerRecord, PeerStore, StatusError, StatusFile, TrustState};
 use mmogit_store::{
     Filter, NewMemory, RecallResult, SearchQuery, SearchResult, Store, VerifiedMemory,
 };
@@ -81,8 +81,11 @@ impl Agent {
         }
         home.create_dir()?;
         identity.save(&home.key_path(), false)?;
-        let store = Store::open_or_init(&home.repo_path())?;
-        store.set_head_to(&identity.public_key())?;
+        home.init_repo(&identity.public_key())
+            .map_err(|e| match e {
+                HomeError::Store(e) => Error::Store(e),
+                e => e.into(),
+            })?;
         Ok(Agent {
             home,
             identity: Some(Arc::new(identity)),
@@ -179,6 +182,15 @@ impl Agent {
     /// block or removal within a second, ending that key's sessions.
     pub fn update_peers<T>(&self, change: impl FnOnce(&mut PeerStore) -> Result<T>) -> Result<T> {
         PeerStore::update(&self.home.peers_path(), change)
+    }
+
+    /// What the node running on this home (`mmogit serve` or a
+    /// [`P2PServer`](crate::P2PServer)) publishes in `status.json`: its
+    /// address and sessions. A node that stopped leaves its last status
+    /// behind ([`StatusFile::is_live`] tells); a home where none ever ran
+    /// has none ([`StatusError::is_not_found`]).
+    pub fn serve_status(&self) -> Result<StatusFile, StatusError> {
+        read_status(&self.home.status_path())
     }
 
     /// Blocks a peer by name, key prefix or key (`mmogit p2p block`); its

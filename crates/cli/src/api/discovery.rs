@@ -1,11 +1,13 @@
 //! Reaching peers and trusting them (`mmogit p2p connect`, `mmogit p2p add`).
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mmogit_identity::{Identity, PublicKey};
+use mmogit_node::discovery::{Candidate, CandidateTable, Discovery, MdnsDiscovery};
+use mmogit_node::replicate::{since_string, MemoryRequest, QueryOutcome};
 use mmogit_node::{Connection, NodeError, PeerRecord, PeerSource, PeerStore};
+use mmogit_store::{Filter, StoreError};
 
 use super::error::{Error, Result};
 use super::sync::client_config;
@@ -23,7 +25,67 @@ pub async fn connect_to_peer(
     Ok(mmogit_node::connect(addr, identity, expected, &client_config(timeout)).await?)
 }
 
-/// What [`Peering::add_peer`] did.
+/// Asks the peer on `conn` for memories matching `filter`, page after page
+/// until its `limit` or the end, each page within `timeout` (`mmogit p2p
+/// query`). The protocol carries the kinds, tags, authors, `since` and
+/// `limit` of a filter; one that sets anything else is a usage error. Every
+/// memory is verified (signature and id); those that do not verify are in
+/// `rejected`, with the reason.
+pub async fn query_peer(
+    conn: &mut Connection,
+    filter: &Filter,
+    timeout: Duration,
+) -> Result<QueryOutcome> {
+    if filter.min_confidence.is_some() || filter.after.is_some() || filter.max_matches.is_some() {
+        return Err(Error::Usage(
+            "a peer query filters by kind, tag, author, time and limit only".into(),
+        ));
+    }
+    let req = MemoryRequest {
+        authors: filter.authors.iter().map(|a| a.to_hex()).collect(),
+        types: filter
+            .kinds
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect(),
+        tags: filter.tags.clone(),
+        since: filter.since.map(since_string),
+        limit: filter.limit.map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
+        ..Default::default()
+    };
+    Ok(mmogit_node::replicate::query_peer(conn, req, timeout).await?)
+}
+
+/// The mmogit nodes announcing themselves on the local network with mDNS,
+/// listened for during `listen` (`mmogit p2p discover`), leaving out
+/// `ours`. A node found is only a candidate: nothing is exchanged with it
+/// until it is trusted ([`Peering`]). One announcing a private tag
+/// resolves to a key only for those who know it
+/// ([`Announced::resolve`](super::Announced::resolve)).
+pub async fn discover_lan(listen: Duration, ours: Option<PublicKey>) -> Result<Vec<Candidate>> {
+    let disc = MdnsDiscovery::new().map_err(|e| Error::Other(format!("cannot start mDNS: {e}")))?;
+    let mut rx = disc
+        .browse()
+        .map_err(|e| Error::Other(format!("cannot browse with mDNS: {e}")))?;
+    let mut table = CandidateTable::new(ours);
+    let end = tokio::time::Instant::now() + listen;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(end) => break,
+            ev = rx.recv() => match ev {
+                Some(ev) => { table.apply(ev, std::time::Instant::now()); }
+                None => break,
+            },
+        }
+    }
+    // Withdrawing blocks for about a second.
+    tokio::task::spawn_blocking(move || disc.shutdown())
+        .await
+        .map_err(|e| Error::Other(format!("mDNS shutdown task: {e}")))?;
+    Ok(table.candidates())
+}
+
+/// What [`Peering::add_peer`] and [`Peering::trust`] did.
 #[derive(Debug, Clone)]
 pub struct PeerAdded {
     /// The peer record as saved (trusted).
@@ -33,6 +95,32 @@ pub struct PeerAdded {
     /// A remark: the peer does not trust us yet, or was unreachable and
     /// added on the given key.
     pub note: Option<String>,
+}
+
+/// A peer found by [`Peering::probe`] and not trusted yet: the key to trust
+/// and how it was learned. Show it to the owner, then
+/// [`trust`](Peering::trust) it.
+#[derive(Debug, Clone)]
+pub struct PeerProbe {
+    /// The address (`ip:port`) or git URL probed.
+    pub target: String,
+    /// The key to trust: the one the peer proved in the handshake or its
+    /// remote's single `users/<key>` branch, else the one given.
+    pub pubkey: PublicKey,
+    /// How long the handshake took (an address that answered).
+    pub rtt: Option<Duration>,
+    /// A remark: the peer does not trust us yet, was unreachable and is
+    /// taken on the given key, or its git remote has no branch of that key yet.
+    pub note: Option<String>,
+    git: bool,
+}
+
+impl PeerProbe {
+    /// Whether the peer is reached through a git remote (else directly at
+    /// its address).
+    pub fn is_git(&self) -> bool {
+        self.git
+    }
 }
 
 /// Adds and trusts peers, with the semantics of `mmogit p2p add`.
@@ -47,6 +135,7 @@ pub struct PeerAdded {
 /// assert!(added.record.trust == mmogit::node::TrustState::Trusted);
 /// # Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct Peering {
     home: Home,
     identity: Arc<Identity>,
@@ -77,7 +166,8 @@ impl Peering {
         self
     }
 
-    /// Trusts a peer by `ip:port` or by git URL (or path).
+    /// Trusts a peer by `ip:port` or by git URL (or path): [`probe`](Peering::probe),
+    /// then [`trust`](Peering::trust).
     ///
     /// An address: connects and completes the handshake; the peer must
     /// prove `pubkey` when given. Without `pubkey` the key the peer shows is
@@ -88,23 +178,71 @@ impl Peering {
     /// A git URL: adds git remote `peer_<8 hex>` to the memory repository;
     /// the key is `pubkey`, or that of the remote's single `users/<key>` branch.
     pub async fn add_peer(&self, target: &str, pubkey: Option<PublicKey>) -> Result<PeerAdded> {
+        let probe = self.probe(target, pubkey).await?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.trust(&probe))
+            .await
+            .map_err(|e| Error::Other(format!("add peer task: {e}")))?
+    }
+
+    /// Finds out which key the peer at `target` (`ip:port`, or a git URL or
+    /// path) has, without trusting it yet (see [`add_peer`](Peering::add_peer)
+    /// for what is accepted). Fails with [`Error::OwnKey`] when the key is
+    /// this agent's, and for a git remote with [`Error::KeyNeeded`] when
+    /// `pubkey` is not given and the remote holds no `users/<key>` branch or
+    /// several.
+    pub async fn probe(&self, target: &str, pubkey: Option<PublicKey>) -> Result<PeerProbe> {
         if is_address(target) && !target.contains('/') {
-            self.add_address(target, pubkey).await
+            self.probe_address(target, pubkey).await
         } else {
-            let (home, me, name, timeout) = (
-                self.home.clone(),
-                self.identity.public_key(),
-                self.name.clone(),
-                self.timeout,
-            );
+            let (home, me, timeout) = (self.home.clone(), self.identity.public_key(), self.timeout);
             let target = target.to_string();
-            tokio::task::spawn_blocking(move || add_git(&home, &me, &target, pubkey, name, timeout))
+            tokio::task::spawn_blocking(move || probe_git(&home, &me, &target, pubkey, timeout))
                 .await
-                .map_err(|e| Error::Other(format!("add peer task: {e}")))?
+                .map_err(|e| Error::Other(format!("probe peer task: {e}")))?
         }
     }
 
-    async fn add_address(&self, addr: &str, pubkey: Option<PublicKey>) -> Result<PeerAdded> {
+    /// Trusts the peer of `probe` in the peer store (`peers.json`, under its
+    /// lock), by address, or by git URL after adding git remote
+    /// `peer_<8 hex>` to the memory repository. Blocks briefly (files, git).
+    pub fn trust(&self, probe: &PeerProbe) -> Result<PeerAdded> {
+        let pk = probe.pubkey;
+        let record = if probe.git {
+            let store = self.home.open_store()?;
+            let remote = format!("peer_{}", pk.short(8));
+            store.set_remote(&remote, &probe.target)?;
+            PeerStore::update(&self.home.peers_path(), |peers| {
+                peers.add(pk, self.name.clone(), Vec::new(), PeerSource::Git);
+                Ok::<_, Error>(
+                    peers
+                        .set_git(&pk, Some(probe.target.clone()), Some(remote))
+                        .cloned()
+                        .expect("just added"),
+                )
+            })?
+        } else {
+            PeerStore::update(&self.home.peers_path(), |store| {
+                Ok::<_, Error>(
+                    store
+                        .add(
+                            pk,
+                            self.name.clone(),
+                            vec![probe.target.clone()],
+                            PeerSource::Manual,
+                        )
+                        .clone(),
+                )
+            })?
+        };
+        Ok(PeerAdded {
+            record,
+            rtt: probe.rtt,
+            note: probe.note.clone(),
+        })
+    }
+
+    async fn probe_address(&self, addr: &str, pubkey: Option<PublicKey>) -> Result<PeerProbe> {
         let me = self.identity.public_key();
         let cfg = client_config(self.timeout);
         let (pk, rtt, note) =
@@ -134,21 +272,18 @@ impl Peering {
                 Err(e) => return Err(e.into()),
             };
         if pk == me {
-            return Err(Error::Usage(format!("{addr} is this agent itself")));
+            return Err(Error::OwnKey {
+                target: addr.to_string(),
+                git: false,
+            });
         }
-        let record = PeerStore::update(&self.home.peers_path(), |store| {
-            Ok::<_, Error>(
-                store
-                    .add(
-                        pk,
-                        self.name.clone(),
-                        vec![addr.to_string()],
-                        PeerSource::Manual,
-                    )
-                    .clone(),
-            )
-        })?;
-        Ok(PeerAdded { record, rtt, note })
+        Ok(PeerProbe {
+            target: addr.to_string(),
+            pubkey: pk,
+            rtt,
+            note,
+            git: false,
+        })
     }
 }
 
@@ -159,15 +294,15 @@ pub(crate) fn is_address(s: &str) -> bool {
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
 }
 
-fn add_git(
+fn probe_git(
     home: &Home,
     me: &PublicKey,
     url: &str,
     pubkey: Option<PublicKey>,
-    name: Option<String>,
     timeout: Duration,
-) -> Result<PeerAdded> {
-    let store = home.open_store()?;
+) -> Result<PeerProbe> {
+    // The repository must exist: the remote is added to it.
+    home.open_store()?;
     let users = remote_users(url, timeout)?;
     let mut note = None;
     let pk = match (pubkey, users.as_slice()) {
@@ -178,79 +313,38 @@ fn add_git(
             pk
         }
         (None, [one]) => *one,
-        (None, []) => {
-            return Err(Error::Usage(format!(
-                "{url} has no users/<key> branch: pass the peer's key"
-            )))
-        }
-        (None, many) => {
-            let list: Vec<String> = many.iter().map(|k| k.to_hex()).collect();
-            return Err(Error::Usage(format!(
-                "{url} holds several agents' branches; choose one by key: {}",
-                list.join(", ")
-            )));
+        (None, _) => {
+            return Err(Error::KeyNeeded {
+                target: url.to_string(),
+                found: users,
+            })
         }
     };
     if pk == *me {
-        return Err(Error::Usage(format!("{url} is this agent's own branch")));
+        return Err(Error::OwnKey {
+            target: url.to_string(),
+            git: true,
+        });
     }
-    let remote = format!("peer_{}", pk.short(8));
-    store.set_remote(&remote, url)?;
-    let record = PeerStore::update(&home.peers_path(), |peers| {
-        peers.add(pk, name, Vec::new(), PeerSource::Git);
-        Ok::<_, Error>(
-            peers
-                .set_git(&pk, Some(url.to_string()), Some(remote))
-                .cloned()
-                .expect("just added"),
-        )
-    })?;
-    Ok(PeerAdded {
-        record,
+    Ok(PeerProbe {
+        target: url.to_string(),
+        pubkey: pk,
         rtt: None,
         note,
+        git: true,
     })
 }
 
 /// The authors of the `users/<key>` branches of a git remote, listed by
 /// `git ls-remote` within `timeout` (then [`Error::Node`] with
 /// `NodeError::Timeout`); a remote that cannot be read is
-/// [`Error::Unreachable`].
+/// [`Error::Unreachable`]. (The store runs git: [`mmogit_store::remote_users`].)
 pub fn remote_users(url: &str, timeout: Duration) -> Result<Vec<PublicKey>> {
-    let io = |e: std::io::Error| Error::Other(format!("running git (is it installed?): {e}"));
-    let mut child = Command::new("git")
-        .args(["ls-remote", "--", url, "refs/heads/users/*"])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(io)?;
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if child.try_wait().map_err(io)?.is_some() {
-            break;
+    mmogit_store::remote_users(url, timeout).map_err(|e| match e {
+        StoreError::Timeout { .. } => {
+            NodeError::Timeout(format!("git ls-remote {url} took longer than {timeout:?}")).into()
         }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(mmogit_node::NodeError::Timeout(format!(
-                "git ls-remote {url} took longer than {timeout:?}"
-            ))
-            .into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().map_err(io)?;
-    if !out.status.success() {
-        return Err(Error::Unreachable(format!(
-            "cannot read git repository {url}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split('\t').nth(1))
-        .filter_map(mmogit_store::parse_branch_name)
-        .collect())
+        StoreError::RemoteUnreadable { .. } => Error::Unreachable(e.to_string()),
+        e => Error::Other(e.to_string()),
+    })
 }

@@ -1,6 +1,6 @@
 //! The one error type of the API.
 
-use mmogit_identity::IdentityError;
+use mmogit_identity::{IdentityError, PublicKey};
 use mmogit_node::{NodeError, PeerStoreError};
 use mmogit_store::StoreError;
 
@@ -30,6 +30,24 @@ pub enum Error {
     /// The peer store (`peers.json`): unknown or ambiguous peer...
     #[error(transparent)]
     Peers(#[from] PeerStoreError),
+    /// Which key to trust at a git remote is not clear: it holds no
+    /// `users/<key>` branch or several (`found`); give the peer's key.
+    #[error("{}", key_needed(.target, .found))]
+    KeyNeeded {
+        /// The remote's URL or path.
+        target: String,
+        /// The authors of its `users/<key>` branches.
+        found: Vec<PublicKey>,
+    },
+    /// The peer at `target` is this agent itself: the address answered with
+    /// our key (`git` false), or the git branch to trust is ours.
+    #[error("{}", if *.git { format!("{target} is this agent's own branch") } else { format!("{target} is this agent itself") })]
+    OwnKey {
+        /// The address or git URL.
+        target: String,
+        /// Whether `target` is a git remote.
+        git: bool,
+    },
     /// A bad argument (the message says which and why).
     #[error("{0}")]
     Usage(String),
@@ -48,6 +66,8 @@ impl Error {
         matches!(
             self,
             Error::Usage(_)
+                | Error::KeyNeeded { .. }
+                | Error::OwnKey { .. }
                 | Error::Store(StoreError::InvalidMemory(_) | StoreError::InvalidQuery(_))
                 | Error::Home(
                     HomeError::BadKey(_)
@@ -71,3 +91,15 @@ impl From<NodeError> for Error {
 
 /// `Result` with the API's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn key_needed(target: &str, found: &[PublicKey]) -> String {
+    if found.is_empty() {
+        format!("{target} has no users/<key> branch: pass the peer's key")
+    } else {
+        let list: Vec<String> = found.iter().map(|k| k.to_hex()).collect();
+        format!(
+            "{target} holds several agents' branches; choose one by key: {}",
+            list.join(", ")
+        )
+    }
+}

@@ -3,14 +3,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use git2::Oid;
 use mmogit_identity::{Identity, PublicKey};
 use mmogit_node::replicate::{ReplicationEvent, Replicator, ReplicatorConfig};
-use mmogit_node::{Node, NodeConfig, NodeEvent, NodeHandle, PeerStatus, PeerStoreTrust};
-use mmogit_store::{Store, UnverifiedMemory, VerifiedMemory};
+use mmogit_node::{
+    Discovery, MdnsDiscovery, Node, NodeConfig, NodeEvent, NodeHandle, PeerStatus, PeerStoreTrust,
+};
+use mmogit_store::{Oid, Store, VerifiedMemory};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
+use tracing::{info, warn};
 
 use super::error::{Error, Result};
 use crate::Home;
@@ -68,9 +71,47 @@ pub enum Event {
     Lagged(u64),
 }
 
+/// When a running node maintains its repository (what `mmogit gc` does; see
+/// [`P2PServer::gc`]). The default is that of `mmogit serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcSchedule {
+    /// How often to check whether maintenance is needed (default 6 h); zero
+    /// turns maintenance off.
+    pub interval: Duration,
+    /// Maintenance runs when the repository has more than this many packs
+    /// (default 50)...
+    pub min_packs: usize,
+    /// ...or more than this many loose objects (default 6700).
+    pub min_loose: usize,
+    /// Unreachable objects younger than this are kept (default 14 days).
+    pub grace: Duration,
+}
+
+impl Default for GcSchedule {
+    fn default() -> Self {
+        GcSchedule {
+            interval: Duration::from_secs(6 * 3600),
+            min_packs: 50,
+            min_loose: 6700,
+            grace: Duration::from_secs(14 * 24 * 3600),
+        }
+    }
+}
+
+/// How a node looks for peers on the local network.
+enum Lan {
+    /// Not at all.
+    Off,
+    /// mDNS, when it can start and the node is reachable from the LAN.
+    Mdns { private: bool },
+    /// The embedder's discovery.
+    Custom(Arc<dyn Discovery>, bool),
+}
+
 /// Builder of an embedded node: listens, serves trusted peers (`peers.json`
 /// of the home), replicates memories (queries, pulls, live announces), and
-/// optionally keeps sessions to trusted peers and announces itself on the LAN.
+/// optionally keeps sessions to trusted peers, announces itself on the LAN
+/// and maintains its repository.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), mmogit::Error> {
@@ -95,8 +136,9 @@ pub struct P2PServer {
     home: Option<Home>,
     config: NodeConfig,
     replication: Option<ReplicatorConfig>,
-    discovery: Option<(Arc<dyn mmogit_node::Discovery>, bool)>,
+    lan: Lan,
     max_pending: usize,
+    gc: Option<GcSchedule>,
 }
 
 impl P2PServer {
@@ -112,8 +154,9 @@ impl P2PServer {
                 ..NodeConfig::default()
             },
             replication: None,
-            discovery: None,
+            lan: Lan::Off,
             max_pending: mmogit_node::DEFAULT_MAX_PENDING,
+            gc: None,
         }
     }
 
@@ -156,7 +199,8 @@ impl P2PServer {
         self
     }
 
-    /// Replication settings (serve own branch only, transfer limits); the
+    /// Replication settings (serve own branch only, transfer limits, daily
+    /// quotas per peer); the
     /// repository and key are the home's and the identity's.
     pub fn replication(mut self, cfg: ReplicatorConfig) -> P2PServer {
         self.replication = Some(cfg);
@@ -165,12 +209,27 @@ impl P2PServer {
 
     /// Announce this node and find peers with `discovery` (e.g.
     /// [`mmogit_node::MdnsDiscovery`]); `private`: a daily tag instead of the key.
-    pub fn discovery(
-        mut self,
-        discovery: Arc<dyn mmogit_node::Discovery>,
-        private: bool,
-    ) -> P2PServer {
-        self.discovery = Some((discovery, private));
+    pub fn discovery(mut self, discovery: Arc<dyn Discovery>, private: bool) -> P2PServer {
+        self.lan = Lan::Custom(discovery, private);
+        self
+    }
+
+    /// Announce this node on the local network with mDNS and find peers
+    /// there, as `mmogit serve` does unless `--no-mdns`; `private`: a daily
+    /// tag that only peers knowing our key recognise, instead of the key.
+    /// Not when listening on loopback (the LAN cannot reach the node); a
+    /// node whose mDNS cannot start serves without it. Both are logged.
+    pub fn mdns(mut self, private: bool) -> P2PServer {
+        self.lan = Lan::Mdns { private };
+        self
+    }
+
+    /// Maintain the repository on `schedule` while running (`mmogit gc`
+    /// when it has too many packs or loose objects), as `mmogit serve`
+    /// does; default: no maintenance. A run takes the repository write
+    /// lock, so ingests and local writers wait for it; each run is logged.
+    pub fn gc(mut self, schedule: GcSchedule) -> P2PServer {
+        self.gc = Some(schedule);
         self
     }
 
@@ -180,6 +239,9 @@ impl P2PServer {
             .home
             .ok_or_else(|| Error::Usage("P2PServer: no home set (call .home(...))".into()))?;
         let store = home.open_store()?;
+        // What is held before listening: MemoriesReceived lists what comes after.
+        let tips: HashMap<PublicKey, Oid> = store.branches()?.into_iter().collect();
+        drop(store);
         let me = self.identity.public_key();
         let mut rcfg = self
             .replication
@@ -189,8 +251,9 @@ impl P2PServer {
         let policy =
             Arc::new(PeerStoreTrust::new(home.peers_path()).with_max_pending(self.max_pending));
         let (inbox_tx, inbox_rx) = mpsc::channel(64);
+        let loopback = self.config.listen_addr.ip().is_loopback();
         let mut node = Node::new(self.identity.clone(), self.config, policy);
-        if let Some((d, private)) = self.discovery {
+        if let Some((d, private)) = lan_discovery(self.lan, loopback) {
             node = node.with_discovery(d, private);
         }
         let node = node.with_inbox(inbox_tx).start().await?;
@@ -201,20 +264,24 @@ impl P2PServer {
                 .run(inbox_rx, node.sender()),
         );
         let (events, _) = broadcast::channel(1024);
-        let tips: HashMap<PublicKey, Oid> = store.branches()?.into_iter().collect();
-        drop(store);
+        let maintenance = self
+            .gc
+            .filter(|s| !s.interval.is_zero())
+            .map(|s| tokio::spawn(maintenance(home.repo_path(), s)));
+        let (ingested_tx, ingested_rx) = mpsc::unbounded_channel();
+        let lister = tokio::spawn(list_received(ingested_rx, events.clone(), home, me, tips));
         let forwarder = tokio::spawn(forward(
             node.subscribe(),
             rep_rx,
             events.clone(),
-            home,
-            me,
-            tips,
+            ingested_tx,
         ));
         Ok(ServerHandle {
             node,
-            replicator,
-            forwarder,
+            tasks: [Some(replicator), Some(forwarder), Some(lister), maintenance]
+                .into_iter()
+                .flatten()
+                .collect(),
             events,
         })
     }
@@ -223,8 +290,8 @@ impl P2PServer {
 /// A running node.
 pub struct ServerHandle {
     node: NodeHandle,
-    replicator: JoinHandle<()>,
-    forwarder: JoinHandle<()>,
+    /// Replication, event forwarding, maintenance.
+    tasks: Vec<JoinHandle<()>>,
     events: broadcast::Sender<Event>,
 }
 
@@ -261,11 +328,14 @@ impl ServerHandle {
         &self.node
     }
 
-    /// Says goodbye to every peer, stops listening and replicating.
+    /// Says goodbye to every peer, stops listening, replicating and
+    /// maintaining (a maintenance run in progress finishes on its blocking
+    /// thread).
     pub async fn shutdown(self) {
         self.node.shutdown().await;
-        self.replicator.abort();
-        self.forwarder.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
@@ -286,14 +356,14 @@ impl Events {
     }
 }
 
-/// Maps node and replication events to [`Event`]s.
+/// Maps node and replication events to [`Event`]s; ingests go to
+/// [`list_received`], so that listing what arrived never holds up the
+/// events of the sessions.
 async fn forward(
     mut node: broadcast::Receiver<NodeEvent>,
     mut rep: mpsc::UnboundedReceiver<ReplicationEvent>,
     out: broadcast::Sender<Event>,
-    home: Home,
-    me: PublicKey,
-    mut tips: HashMap<PublicKey, Oid>,
+    ingested: mpsc::UnboundedSender<(PublicKey, Vec<String>)>,
 ) {
     loop {
         let ev = tokio::select! {
@@ -308,18 +378,8 @@ async fn forward(
             },
             e = rep.recv() => match e {
                 Some(ReplicationEvent::Ingested { peer, refused, .. }) => {
-                    let (memories, new_tips) = {
-                        let home = home.clone();
-                        let old = tips.clone();
-                        tokio::task::spawn_blocking(move || new_memories(&home, &me, &old))
-                            .await
-                            .unwrap_or_else(|_| (Vec::new(), tips.clone()))
-                    };
-                    tips = new_tips;
-                    if memories.is_empty() && refused.is_empty() {
-                        continue;
-                    }
-                    Event::MemoriesReceived { from: peer, memories, refused }
+                    let _ = ingested.send((peer, refused));
+                    continue;
                 }
                 Some(ReplicationEvent::PullFailed { peer, reason }) => Event::PullFailed { peer, reason },
                 Some(_) => continue,
@@ -327,6 +387,93 @@ async fn forward(
             },
         };
         let _ = out.send(ev);
+    }
+}
+
+/// For each ingest (from which peer, what was refused), the memories other
+/// authors' branches gained since the previous one, as
+/// [`Event::MemoriesReceived`].
+async fn list_received(
+    mut ingested: mpsc::UnboundedReceiver<(PublicKey, Vec<String>)>,
+    out: broadcast::Sender<Event>,
+    home: Home,
+    me: PublicKey,
+    mut tips: HashMap<PublicKey, Oid>,
+) {
+    while let Some((peer, refused)) = ingested.recv().await {
+        let (memories, new_tips) = {
+            let home = home.clone();
+            let old = tips.clone();
+            tokio::task::spawn_blocking(move || new_memories(&home, &me, &old))
+                .await
+                .unwrap_or_else(|_| (Vec::new(), tips.clone()))
+        };
+        tips = new_tips;
+        if memories.is_empty() && refused.is_empty() {
+            continue;
+        }
+        let _ = out.send(Event::MemoriesReceived {
+            from: peer,
+            memories,
+            refused,
+        });
+    }
+}
+
+/// The discovery to start with, logging why there is none.
+fn lan_discovery(lan: Lan, loopback: bool) -> Option<(Arc<dyn Discovery>, bool)> {
+    match lan {
+        Lan::Off => None,
+        Lan::Custom(d, private) => Some((d, private)),
+        Lan::Mdns { .. } if loopback => {
+            // A node listening on loopback cannot be reached from the LAN:
+            // announcing it there is pointless.
+            info!("listening on loopback only: mDNS off");
+            info!("mDNS off: not announcing this node nor looking for peers on the local network");
+            None
+        }
+        Lan::Mdns { private } => match MdnsDiscovery::new() {
+            Ok(d) => Some((Arc::new(d), private)),
+            Err(e) => {
+                warn!(error = %e, "mDNS unavailable; serving without local network discovery");
+                None
+            }
+        },
+    }
+}
+
+/// Every `s.interval`, repository maintenance (`mmogit gc`) when the
+/// repository has more than `s.min_packs` packs or `s.min_loose` loose
+/// objects. It takes the repository write lock, so ingests and local
+/// writers wait for it.
+async fn maintenance(repo: std::path::PathBuf, s: GcSchedule) {
+    loop {
+        tokio::time::sleep(s.interval).await;
+        let repo = repo.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&repo)?;
+            if !store.needs_gc(s.min_packs, s.min_loose) {
+                return Ok(None);
+            }
+            store
+                .gc(s.grace, mmogit_store::DEFAULT_GC_TIMEOUT)
+                .map(Some)
+        })
+        .await;
+        match res {
+            Ok(Ok(Some(r))) => info!(
+                packs_before = r.before.packs,
+                loose_before = r.before.loose,
+                packs_after = r.after.packs,
+                loose_after = r.after.loose,
+                elapsed_ms = r.elapsed.as_millis() as u64,
+                live_quarantines = r.live_quarantines,
+                "repository maintenance done"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => warn!(error = %e, "repository maintenance failed"),
+            Err(e) => warn!(error = %e, "repository maintenance task failed"),
+        }
     }
 }
 
@@ -343,52 +490,11 @@ fn new_memories(
             return (Vec::new(), old.clone());
         }
     };
-    let branches = match store.branches() {
-        Ok(b) => b,
+    match store.added_since(old, std::slice::from_ref(me)) {
+        Ok(found) => found,
         Err(e) => {
             tracing::warn!("cannot list branches: {e}");
-            return (Vec::new(), old.clone());
-        }
-    };
-    let mut out = Vec::new();
-    for (pk, tip) in &branches {
-        if pk == me || old.get(pk) == Some(tip) {
-            continue;
-        }
-        match added_on_branch(&store, old.get(pk).copied(), *tip) {
-            Ok(mut ms) => out.append(&mut ms),
-            Err(e) => tracing::warn!(author = %pk.short(12), "cannot list received memories: {e}"),
+            (Vec::new(), old.clone())
         }
     }
-    out.sort_by(|a, b| a.created_at().cmp(b.created_at()));
-    (out, branches.into_iter().collect())
-}
-
-/// Memory files added between `old` and `new` on one branch, verified.
-fn added_on_branch(
-    store: &Store,
-    old: Option<Oid>,
-    new: Oid,
-) -> std::result::Result<Vec<VerifiedMemory>, git2::Error> {
-    let repo = store.git();
-    let new_tree = repo.find_commit(new)?.tree()?;
-    let old_tree = match old {
-        Some(o) => Some(repo.find_commit(o)?.tree()?),
-        None => None,
-    };
-    let diff = repo.diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), None)?;
-    let mut out = Vec::new();
-    for d in diff.deltas() {
-        if d.status() != git2::Delta::Added {
-            continue;
-        }
-        let blob = match repo.find_blob(d.new_file().id()) {
-            Ok(b) => b,
-            Err(_) => continue,
-        };
-        if let Ok(m) = UnverifiedMemory::from_json(blob.content()).and_then(|m| m.verify()) {
-            out.push(m);
-        }
-    }
-    Ok(out)
 }

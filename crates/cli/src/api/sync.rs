@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use mmogit_identity::{Identity, PublicKey};
 use mmogit_node::{PeerRecord, TrustState};
-use mmogit_store::{IngestStatus, Store};
+use mmogit_store::{IngestStatus, Store, EVIDENCE_PREFIX};
 use serde::{Deserialize, Serialize};
 
 use super::agent::Agent;
@@ -248,6 +248,116 @@ impl Agent {
     pub fn sync_state_path(&self) -> PathBuf {
         self.home().root().join("sync-state.json")
     }
+
+    /// When each peer of `target` last synced and whether it is behind
+    /// (`mmogit sync --status`): nothing is fetched, git remotes are only
+    /// listed (each within `timeout`); direct P2P peers are `unknown`.
+    pub fn sync_status(
+        &self,
+        target: &SyncTarget,
+        timeout: Duration,
+    ) -> Result<Vec<PeerSyncStatus>> {
+        let me = self.identity()?.public_key();
+        let store = self.store()?;
+        let peers = self.sync_peers(target)?;
+        let state = SyncState::load(&self.sync_state_path());
+        let evidence = store.evidence_refs()?;
+        let mut out = Vec::new();
+        for rec in &peers {
+            let last = state.peers.get(&rec.pubkey.to_hex());
+            let ev_prefix = format!("{EVIDENCE_PREFIX}{}/", rec.pubkey.to_hex());
+            let mut s = PeerSyncStatus {
+                peer: rec.pubkey.to_hex(),
+                name: rec.name.clone(),
+                via: "git",
+                last_sync: last.map(|l| rfc3339(l.last_sync)),
+                outcome: last.map(|l| l.outcome.clone()),
+                last_error: last.and_then(|l| l.error.clone()),
+                behind: "unknown",
+                incoming: None,
+                outgoing: None,
+                note: None,
+                evidence: evidence
+                    .iter()
+                    .filter(|(name, _)| name.starts_with(&ev_prefix))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            };
+            if rec.git_remote.is_none() && rec.git_url.is_none() {
+                s.via = "p2p";
+                s.note = Some("direct P2P peer: run `mmogit sync` to exchange".into());
+            } else {
+                match compare_with_remote(&store, &me, rec, timeout) {
+                    Ok((incoming, outgoing)) => {
+                        s.incoming = Some(incoming);
+                        s.outgoing = Some(outgoing);
+                        s.behind = if incoming || outgoing { "yes" } else { "no" };
+                    }
+                    Err(e) => s.note = Some(format!("unreachable: {e:#}")),
+                }
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// Whether the git remote of `rec` holds commits we lack (incoming: a tip
+/// that we neither have nor have gone past), and whether our branch is
+/// ahead of the peer's copy (outgoing).
+fn compare_with_remote(
+    store: &Store,
+    me: &PublicKey,
+    rec: &PeerRecord,
+    timeout: Duration,
+) -> anyhow::Result<(bool, bool)> {
+    let url = git_source(store, rec)?;
+    let remote = store.remote_tips(&url, timeout)?;
+    let mut incoming = false;
+    for (pk, theirs) in &remote {
+        let held = store.tip(pk)?.is_some_and(|o| store.includes(o, *theirs));
+        incoming |= !held;
+    }
+    let outgoing = match store.tip(me)? {
+        None => false,
+        Some(ours) => match remote.iter().find(|(pk, _)| pk == me) {
+            None => true,
+            Some((_, theirs)) => *theirs != ours && store.includes(ours, *theirs),
+        },
+    };
+    Ok((incoming, outgoing))
+}
+
+/// Unix seconds as RFC 3339.
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// How one peer stands (an element of `mmogit sync --status --json`).
+#[derive(Serialize, Debug, Clone)]
+pub struct PeerSyncStatus {
+    /// The peer's key (64 hex).
+    pub peer: String,
+    /// The peer's name, if it has one.
+    pub name: Option<String>,
+    /// `git` or `p2p`.
+    pub via: &'static str,
+    /// RFC 3339, or None when never synced.
+    pub last_sync: Option<String>,
+    /// `ok`, `refused` or `failed` of the last sync.
+    pub outcome: Option<String>,
+    /// Why the last sync failed.
+    pub last_error: Option<String>,
+    /// `yes`, `no` or `unknown` (unreachable, or direct P2P).
+    pub behind: &'static str,
+    /// The peer has commits we do not hold (None when unknown).
+    pub incoming: Option<bool>,
+    /// Our branch has commits the peer does not hold (None when unknown).
+    pub outgoing: Option<bool>,
+    /// Why `behind` is unknown.
+    pub note: Option<String>,
+    /// Evidence refs kept of rewritten histories of this peer's branch.
+    pub evidence: Vec<String>,
 }
 
 /// Syncs one peer: directly over P2P when it has an address and answers,

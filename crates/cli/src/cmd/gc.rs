@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use mmogit::api::GcReport;
+
 use crate::output::print_json;
 use crate::Ctx;
 
@@ -40,7 +42,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// One line: what the repository looked like before and after.
-pub fn summary(r: &mmogit_store::GcReport) -> String {
+pub fn summary(r: &GcReport) -> String {
     let mut line = format!(
         "gc: {} packs and {} loose objects ({}) -> {} packs and {} loose objects ({}) in {:.2?}",
         r.before.packs,

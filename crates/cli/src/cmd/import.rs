@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use mmogit_store::{MemoryType, NewMemory, VerifiedMemory};
+use mmogit::api::{MemoryType, NewMemory, VerifiedMemory};
 use serde::Deserialize;
 
 use crate::exit::{code, Exit};

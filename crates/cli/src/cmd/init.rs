@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use mmogit_identity::Identity;
-use mmogit_store::Store;
 use serde::Serialize;
 
 use crate::exit::{code, Exit};
@@ -90,8 +89,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     identity
         .save(&home.key_path(), args.force)
         .with_context(|| format!("writing the key file {}", home.key_path().display()))?;
-    let store = Store::open_or_init(&home.repo_path())?;
-    store.set_head_to(&identity.public_key())?;
+    home.init_repo(&identity.public_key())?;
 
     let pk = identity.public_key();
     if args.json {

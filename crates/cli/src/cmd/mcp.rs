@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mmogit::{Agent, SyncOptions, SyncTarget};
-use mmogit_node::TrustState;
-use mmogit_store::{Filter, MemoryType, NewMemory};
+use mmogit::api::{
+    Agent, Filter, MemoryType, NewMemory, SyncOptions, SyncTarget, TrustState, Warning,
+};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
@@ -345,7 +345,7 @@ impl McpServer {
             ..Filter::default()
         };
         let me = self.agent.reader();
-        let warn = |w: &mmogit_store::Warning| json!({"path": w.path, "reason": w.reason});
+        let warn = |w: &Warning| json!({"path": w.path, "reason": w.reason});
         match a.query {
             Some(q) => {
                 let r = self.agent.search(q, filter)?;
@@ -448,7 +448,7 @@ impl McpServer {
             .count();
         let peers = self.agent.peers()?;
         let count = |t: TrustState| peers.list().iter().filter(|r| r.trust == t).count();
-        let serve = match mmogit_node::read_status(&home.status_path()) {
+        let serve = match self.agent.serve_status() {
             Ok(s) => json!({
                 "running": s.is_live(),
                 "listen_addr": s.listen_addr,

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use mmogit_store::{MemoryType, NewMemory};
+use mmogit::api::{MemoryType, NewMemory};
 
 use crate::cmd::remember::{content_arg, write_memory};
 use crate::Ctx;

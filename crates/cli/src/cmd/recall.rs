@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use mmogit_store::{Filter, MemoryType, RecallResult, SearchResult};
+use mmogit::api::{Agent, Filter, MemoryType, RecallResult, SearchResult};
 use serde::Serialize;
 
 use crate::cmd::remember::parse_type;
@@ -102,7 +102,7 @@ fn prepare(
     args: &FilterArgs,
     kinds: Vec<MemoryType>,
     min_confidence: Option<f64>,
-) -> anyhow::Result<(Filter, mmogit::Agent)> {
+) -> anyhow::Result<(Filter, Agent)> {
     if let Some(c) = min_confidence {
         if !(0.0..=1.0).contains(&c) {
             return Err(crate::exit::Exit::new(
@@ -114,7 +114,7 @@ fn prepare(
     }
     // Recall works without an identity (a read-only replica), but then
     // nothing private can be decrypted and `me` means nothing.
-    let agent = mmogit::Agent::open_reader(ctx.home.clone());
+    let agent = Agent::open_reader(ctx.home.clone());
     let mut authors = Vec::new();
     for a in &args.authors {
         authors.push(agent.resolve_author(a)?);

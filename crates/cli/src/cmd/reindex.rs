@@ -1,4 +1,4 @@
-//! `mmogit reindex`: rebuild the full-text search index from every branch.
+//! `mmogit reindex`: rebuild the index (recall's and search's) from every branch.
 
 use std::process::ExitCode;
 
@@ -7,10 +7,10 @@ use serde::Serialize;
 use crate::output::print_json;
 use crate::Ctx;
 
-/// Rebuild the search index (used by `recall --query`) from scratch.
+/// Rebuild the index (used by `recall` and `recall --query`) from scratch.
 ///
 /// The index is derived data (`memories.git/mmogit/search.sqlite`): it is kept
-/// up to date on every search and rebuilt by itself when missing or corrupt,
+/// up to date on every recall and rebuilt by itself when missing or corrupt,
 /// so this is only needed to start afresh. Example: `mmogit reindex --json`
 #[derive(clap::Args, Debug)]
 pub struct Args {

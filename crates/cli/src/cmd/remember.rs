@@ -4,7 +4,7 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use mmogit_store::{MemoryType, NewMemory};
+use mmogit::api::{Agent, MemoryType, NewMemory, MAX_CONTENT_BYTES};
 
 use crate::output::{print_json, MemoryJson};
 use crate::Ctx;
@@ -46,7 +46,7 @@ pub fn content_arg(s: &str) -> anyhow::Result<String> {
     let mut buf = String::new();
     std::io::stdin()
         .lock()
-        .take(mmogit_store::MAX_CONTENT_BYTES as u64 + 1)
+        .take(MAX_CONTENT_BYTES as u64 + 1)
         .read_to_string(&mut buf)
         .context("reading the content from stdin")?;
     Ok(buf.trim_end_matches('\n').to_string())
@@ -54,7 +54,7 @@ pub fn content_arg(s: &str) -> anyhow::Result<String> {
 
 /// Signs and stores one memory; prints it.
 pub fn write_memory(ctx: &Ctx, new: NewMemory, json: bool) -> anyhow::Result<ExitCode> {
-    let agent = mmogit::Agent::open(ctx.home.clone())?;
+    let agent = Agent::open(ctx.home.clone())?;
     let id = agent.identity()?;
     let m = agent.remember(new)?;
     if json {

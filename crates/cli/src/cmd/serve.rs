@@ -2,12 +2,12 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mmogit_node::replicate::{Replicator, ReplicatorConfig};
-use mmogit_node::{Node, NodeConfig, NodeEvent, PeerStoreTrust};
+use mmogit::api::{
+    Agent, Event, GcSchedule, NodeConfig, P2PServer, ReplicatorConfig, DEFAULT_MAX_PENDING,
+};
 use tracing::{info, warn};
 
 use crate::Ctx;
@@ -69,7 +69,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000_000, value_name = "N")]
     pub quota_memories: u64,
     /// Most unknown keys kept as pending (`mmogit p2p pending`); beyond that the least recently seen are dropped
-    #[arg(long, default_value_t = mmogit_node::DEFAULT_MAX_PENDING, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_MAX_PENDING, value_name = "N")]
     pub max_pending: usize,
     /// How often to check whether the repository needs maintenance (`mmogit gc`); 0s turns it off
     #[arg(long, default_value = "6h", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -89,9 +89,10 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
-    let identity = Arc::new(ctx.home.load_identity()?);
+    let agent = Agent::open(ctx.home.clone())?;
+    let identity = agent.identity()?.clone();
     // The repository must exist: peers come to us for memories.
-    ctx.home.open_store()?;
+    agent.store()?;
     let config = NodeConfig {
         listen_addr: args.listen,
         max_inbound: args.max_inbound,
@@ -102,151 +103,84 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         send_timeout: args.send_timeout,
         heartbeat_interval: args.idle_timeout,
         max_outbound: args.max_outbound,
-        // Keep sessions open to trusted peers with known addresses, reconnect
-        // with backoff, drop peers that are removed or blocked.
-        dial_trusted: !args.no_dial,
-        peers_path: Some(ctx.home.peers_path()),
-        status_path: Some(ctx.home.status_path()),
         ..NodeConfig::default()
     };
-    let policy =
-        Arc::new(PeerStoreTrust::new(ctx.home.peers_path()).with_max_pending(args.max_pending));
+    // Memory exchange: queries, pulls, live announces.
+    let mut rcfg = ReplicatorConfig::new(ctx.home.repo_path(), identity.public_key());
+    rcfg.serve_own_only = args.serve_own_only;
+    rcfg.max_transfer = args.max_transfer;
+    rcfg.max_rate = args.max_rate;
+    rcfg.quota_bytes = args.quota_bytes;
+    rcfg.quota_memories = args.quota_memories;
+    if let Some(c) = args.chunk_size {
+        rcfg.chunk_size = usize::try_from(c).unwrap_or(usize::MAX);
+    }
+    let mut server = P2PServer::new(args.listen, identity.clone())
+        .config(config)
+        .home(ctx.home.clone())
+        // Keep sessions open to trusted peers with known addresses, reconnect
+        // with backoff, drop peers that are removed or blocked.
+        .dial_trusted(!args.no_dial)
+        .max_pending(args.max_pending)
+        .replication(rcfg)
+        .gc(GcSchedule {
+            interval: args.gc_interval,
+            min_packs: args.gc_min_packs,
+            min_loose: args.gc_min_loose,
+            grace: args.gc_grace,
+        });
+    if args.no_mdns {
+        info!("mDNS off: not announcing this node nor looking for peers on the local network");
+    } else {
+        server = server.mdns(args.mdns_private);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        // Memory exchange: queries, pulls, live announces (replicate.rs).
-        let (inbox_tx, inbox_rx) = tokio::sync::mpsc::channel(64);
-        let mut rcfg = ReplicatorConfig::new(ctx.home.repo_path(), identity.public_key());
-        rcfg.serve_own_only = args.serve_own_only;
-        rcfg.max_transfer = args.max_transfer;
-        rcfg.max_rate = args.max_rate;
-        rcfg.quota_bytes = args.quota_bytes;
-        rcfg.quota_memories = args.quota_memories;
-        if let Some(c) = args.chunk_size {
-            rcfg.chunk_size = usize::try_from(c).unwrap_or(usize::MAX);
-        }
-        let mut node = Node::new(identity.clone(), config, policy);
-        // A node listening on loopback cannot be reached from the LAN: announcing it there is pointless.
-        let loopback = args.listen.ip().is_loopback();
-        if loopback && !args.no_mdns {
-            info!("listening on loopback only: mDNS off");
-        }
-        if let Some(d) = lan_discovery(args.no_mdns || loopback) {
-            node = node.with_discovery(d, args.mdns_private);
-        }
-        let node = node
-            .with_inbox(inbox_tx)
+        let server = server
             .start()
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
-        let addr = node.local_addr();
-        let replicator = tokio::spawn(Replicator::new(rcfg).run(inbox_rx, node.sender()));
-        let maintenance = (!args.gc_interval.is_zero()).then(|| {
-            tokio::spawn(maintenance(
-                ctx.home.repo_path(),
-                args.gc_interval,
-                args.gc_min_packs,
-                args.gc_min_loose,
-                args.gc_grace,
-            ))
-        });
+        let addr = server.local_addr();
         // The one line on stdout: scripts read the bound port from it.
         println!("listening on {addr} as {}", identity.public_key());
         info!(%addr, pubkey = %identity.public_key().short(12), "serving");
-        let mut events = node.subscribe();
+        let mut events = server.events();
         let logger = tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(NodeEvent::PeerConnected { pubkey, addr }) => {
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Event::PeerConnected { pubkey, addr } => {
                         info!(peer = %pubkey.short(12), %addr, "peer authenticated")
                     }
-                    Ok(NodeEvent::PeerDisconnected {
+                    Event::PeerDisconnected {
                         pubkey,
                         addr,
                         reason,
-                    }) => info!(peer = %pubkey.short(12), %addr, %reason, "peer disconnected"),
-                    Ok(NodeEvent::Refused {
+                    } => info!(peer = %pubkey.short(12), %addr, %reason, "peer disconnected"),
+                    Event::Refused {
                         addr,
                         pubkey,
                         reason,
-                    }) => {
+                    } => {
                         let peer = pubkey.map(|p| p.short(12)).unwrap_or_else(|| "-".into());
                         warn!(%peer, %addr, %reason, "refused")
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        warn!(missed = n, "event log fell behind")
-                    }
-                    Err(_) => break,
+                    Event::Lagged(n) => warn!(missed = n, "event log fell behind"),
+                    // Received memories and failed pulls: the replicator logs them.
+                    _ => {}
                 }
             }
         });
         wait_for_signal().await;
         info!("shutting down: saying Bye to every peer");
-        node.shutdown().await;
-        replicator.abort();
-        logger.abort();
         // A maintenance run in progress finishes (the runtime waits for it).
-        if let Some(m) = maintenance {
-            m.abort();
-        }
+        server.shutdown().await;
+        logger.abort();
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Every `interval`, repository maintenance (`mmogit gc`) when the
-/// repository has more than `packs` packs or `loose` loose objects. It takes
-/// the repository write lock, so ingests and local writers wait for it.
-async fn maintenance(
-    repo: std::path::PathBuf,
-    interval: Duration,
-    packs: usize,
-    loose: usize,
-    grace: Duration,
-) {
-    loop {
-        tokio::time::sleep(interval).await;
-        let repo = repo.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let store = mmogit_store::Store::open(&repo)?;
-            if !store.needs_gc(packs, loose) {
-                return Ok(None);
-            }
-            store.gc(grace, mmogit_store::DEFAULT_GC_TIMEOUT).map(Some)
-        })
-        .await;
-        match res {
-            Ok(Ok(Some(r))) => info!(
-                packs_before = r.before.packs,
-                loose_before = r.before.loose,
-                packs_after = r.after.packs,
-                loose_after = r.after.loose,
-                elapsed_ms = r.elapsed.as_millis() as u64,
-                live_quarantines = r.live_quarantines,
-                "repository maintenance done"
-            ),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => warn!(error = %e, "repository maintenance failed"),
-            Err(e) => warn!(error = %e, "repository maintenance task failed"),
-        }
-    }
-}
-
-/// mDNS discovery unless turned off; serve goes on without it when it cannot start.
-fn lan_discovery(off: bool) -> Option<Arc<dyn mmogit_node::Discovery>> {
-    if off {
-        info!("mDNS off: not announcing this node nor looking for peers on the local network");
-        return None;
-    }
-    match mmogit_node::MdnsDiscovery::new() {
-        Ok(d) => Some(Arc::new(d)),
-        Err(e) => {
-            warn!(error = %e, "mDNS unavailable; serving without local network discovery");
-            None
-        }
-    }
 }
 
 async fn wait_for_signal() {

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use mmogit_store::MemoryType;
+use mmogit::api::MemoryType;
 
 use crate::cmd::recall::{recall_and_print, FilterArgs};
 use crate::Ctx;

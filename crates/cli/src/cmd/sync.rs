@@ -12,13 +12,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use mmogit::api::sync::{git_source, SyncState};
-use mmogit::{Agent, PeerSyncResult, SyncOptions, SyncProgress, SyncTarget};
-use mmogit_node::PeerRecord;
-use mmogit_store::EVIDENCE_PREFIX;
-use serde::Serialize;
+use mmogit::api::{Agent, PeerRecord, PeerSyncResult, SyncOptions, SyncProgress, SyncTarget};
 
-use super::p2p::when;
 use crate::exit::code;
 use crate::output::print_json;
 use crate::Ctx;
@@ -270,97 +265,15 @@ fn print_human(r: &PeerSyncResult) {
 
 // ---- sync --status --------------------------------------------------------
 
-#[derive(Serialize)]
-struct StatusJson {
-    peer: String,
-    name: Option<String>,
-    via: &'static str,
-    /// RFC 3339, or null when never synced.
-    last_sync: Option<String>,
-    /// `ok`, `refused` or `failed` of the last sync.
-    outcome: Option<String>,
-    last_error: Option<String>,
-    /// `yes`, `no` or `unknown` (unreachable, or direct P2P).
-    behind: &'static str,
-    /// The peer has commits we do not hold (null when unknown).
-    incoming: Option<bool>,
-    /// Our branch has commits the peer does not hold (null when unknown).
-    outgoing: Option<bool>,
-    /// Why `behind` is unknown.
-    note: Option<String>,
-    /// Evidence refs kept of rewritten histories of this peer's branch.
-    evidence: Vec<String>,
-}
-
 fn status(ctx: &Ctx, args: &Args) -> anyhow::Result<ExitCode> {
     let agent = Agent::open(ctx.home.clone())?;
-    let me = agent.identity()?.public_key();
-    let store = agent.store()?;
     let target = match &args.peer {
         Some(p) => SyncTarget::Peer(p.clone()),
         None => SyncTarget::All,
     };
-    let peers = agent.sync_peers(&target).map_err(usage_exit)?;
-    let state = SyncState::load(&agent.sync_state_path());
-    let evidence = store.evidence_refs()?;
-    let mut out = Vec::new();
-    for rec in &peers {
-        let last = state.peers.get(&rec.pubkey.to_hex());
-        let ev_prefix = format!("{EVIDENCE_PREFIX}{}/", rec.pubkey.to_hex());
-        let mut s = StatusJson {
-            peer: rec.pubkey.to_hex(),
-            name: rec.name.clone(),
-            via: "git",
-            last_sync: last.map(|l| when(Some(l.last_sync))),
-            outcome: last.map(|l| l.outcome.clone()),
-            last_error: last.and_then(|l| l.error.clone()),
-            behind: "unknown",
-            incoming: None,
-            outgoing: None,
-            note: None,
-            evidence: evidence
-                .iter()
-                .filter(|(name, _)| name.starts_with(&ev_prefix))
-                .map(|(name, _)| name.clone())
-                .collect(),
-        };
-        if rec.git_remote.is_none() && rec.git_url.is_none() {
-            s.via = "p2p";
-            s.note = Some("direct P2P peer: run `mmogit sync` to exchange".into());
-        } else {
-            let tips = git_source(&store, rec).and_then(|url| {
-                store
-                    .remote_tips(&url, args.timeout)
-                    .map_err(anyhow::Error::from)
-            });
-            let compared = tips.and_then(|remote| {
-                // Incoming: the peer holds a tip that we neither have nor
-                // have gone past. Outgoing: our branch is ahead of the peer's.
-                let mut incoming = false;
-                for (pk, theirs) in &remote {
-                    let held = store.tip(pk)?.is_some_and(|o| store.includes(o, *theirs));
-                    incoming |= !held;
-                }
-                let outgoing = match store.tip(&me)? {
-                    None => false,
-                    Some(ours) => match remote.iter().find(|(pk, _)| *pk == me) {
-                        None => true,
-                        Some((_, theirs)) => *theirs != ours && store.includes(ours, *theirs),
-                    },
-                };
-                Ok((incoming, outgoing))
-            });
-            match compared {
-                Ok((incoming, outgoing)) => {
-                    s.incoming = Some(incoming);
-                    s.outgoing = Some(outgoing);
-                    s.behind = if incoming || outgoing { "yes" } else { "no" };
-                }
-                Err(e) => s.note = Some(format!("unreachable: {e:#}")),
-            }
-        }
-        out.push(s);
-    }
+    let out = agent
+        .sync_status(&target, args.timeout)
+        .map_err(usage_exit)?;
     if args.json {
         print_json(&out)?;
         return Ok(ExitCode::SUCCESS);

@@ -2,6 +2,8 @@
 
 use std::process::ExitCode;
 
+use mmogit::api::VerifyReport;
+
 use crate::exit::code;
 use crate::output::print_json;
 use crate::Ctx;
@@ -22,7 +24,7 @@ pub struct Args {
 struct Out<'a> {
     ok: bool,
     #[serde(flatten)]
-    report: &'a mmogit_store::VerifyReport,
+    report: &'a VerifyReport,
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {

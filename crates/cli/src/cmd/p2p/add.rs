@@ -2,15 +2,13 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use mmogit::api::{Agent, PeerRecord, PeerSource, Peering, TrustState};
 use mmogit_identity::PublicKey;
-use mmogit_node::{NodeError, PeerRecord, PeerSource};
 use serde::Serialize;
 
-use super::{client_config, is_address, parse_pubkey, runtime, update_peers};
+use super::{is_address, parse_pubkey, runtime};
 use crate::exit::{code, Exit};
 use crate::output::print_json;
 use crate::Ctx;
@@ -53,7 +51,7 @@ pub struct Args {
 pub struct PeerJson<'a> {
     pub pubkey: String,
     pub name: Option<&'a str>,
-    pub trust: mmogit_node::TrustState,
+    pub trust: TrustState,
     pub source: PeerSource,
     pub addresses: &'a [String],
     pub git_url: Option<&'a str>,
@@ -80,16 +78,78 @@ impl<'a> PeerJson<'a> {
     }
 }
 
-/// Git remote name for a peer: `peer_<first 8 hex of its key>`.
-pub fn remote_name(pk: &PublicKey) -> String {
-    format!("peer_{}", pk.short(8))
+pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
+    let agent = Agent::open(ctx.home.clone())?;
+    let mut peering =
+        Peering::new(ctx.home.clone(), agent.identity()?.clone()).timeout(args.timeout);
+    if let Some(n) = &args.name {
+        peering = peering.name(n.clone());
+    }
+    let probe = runtime()?.block_on(peering.probe(&args.target, args.pubkey));
+    let address = is_address(&args.target) && !args.target.contains('/');
+    let probe = probe.map_err(|e| probe_error(e, &args.target, address))?;
+    if probe.is_git() {
+        if let Some(n) = &probe.note {
+            eprintln!("note: {n}");
+        }
+    } else if args.pubkey.is_none() {
+        confirm(&probe.pubkey, &args.target, args.yes)?;
+    }
+    let added = peering.trust(&probe)?;
+    let rec = &added.record;
+    if !probe.is_git() {
+        if let Some(n) = &added.note {
+            eprintln!("note: {n}");
+        }
+    }
+    if args.json {
+        print_json(&PeerJson::new(rec))?;
+    } else if probe.is_git() {
+        let remote = rec.git_remote.as_deref().unwrap_or_default();
+        println!(
+            "trusted {} via git remote {remote} ({})",
+            rec.pubkey, args.target
+        );
+    } else {
+        let rtt = added
+            .rtt
+            .map(|r| format!(", authenticated in {:.2} ms", r.as_secs_f64() * 1000.0))
+            .unwrap_or_default();
+        println!("trusted {} at {}{rtt}", rec.pubkey, args.target);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
-    if is_address(&args.target) && !args.target.contains('/') {
-        add_address(ctx, args)
-    } else {
-        add_git(ctx, args)
+/// The command's words for a probe that failed: which option to use, and
+/// which peer was being added when its address failed.
+fn probe_error(e: mmogit::Error, target: &str, address: bool) -> anyhow::Error {
+    match e {
+        mmogit::Error::KeyNeeded { found, .. } if found.is_empty() => Exit::new(
+            code::USAGE,
+            format!("{target} has no users/<key> branch: pass the peer's key with --pubkey"),
+        )
+        .into(),
+        mmogit::Error::KeyNeeded { found, .. } => {
+            let list: Vec<String> = found.iter().map(|k| k.to_hex()).collect();
+            Exit::new(
+                code::USAGE,
+                format!(
+                    "{target} holds several agents' branches; choose one with --pubkey: {}",
+                    list.join(", ")
+                ),
+            )
+            .into()
+        }
+        mmogit::Error::OwnKey { git: true, .. } => Exit::new(
+            code::USAGE,
+            format!("{target} is this agent's own branch: pass --pubkey for another"),
+        )
+        .into(),
+        mmogit::Error::OwnKey { git: false, .. } => {
+            Exit::new(code::USAGE, format!("{target} is this agent itself")).into()
+        }
+        e if address => anyhow::Error::from(e).context(format!("adding peer {target}")),
+        e => e.into(),
     }
 }
 
@@ -115,116 +175,4 @@ fn confirm(pk: &PublicKey, what: &str, yes: bool) -> anyhow::Result<()> {
     } else {
         Err(Exit::new(code::FAILURE, "not trusted: nothing changed").into())
     }
-}
-
-fn add_address(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
-    let identity = Arc::new(ctx.home.load_identity()?);
-    let me = identity.public_key();
-    let cfg = client_config(args.timeout);
-    let addr = args.target.clone();
-    let res = runtime()?.block_on(async {
-        match mmogit_node::connect(&addr, identity, args.pubkey, &cfg).await {
-            Ok(conn) => {
-                let pk = conn.peer_pubkey();
-                let rtt = conn.handshake_rtt();
-                let _ = conn.close("bye").await;
-                Ok((pk, Some(rtt), None))
-            }
-            Err(NodeError::NotAuthorized { peer: Some(pk) }) => Ok((pk, None, Some(
-                format!("the peer does not trust you yet; it recorded your key as pending: its owner can run `mmogit p2p accept {}`", me.short(12)),
-            ))),
-            Err(e @ (NodeError::Unreachable { .. } | NodeError::Timeout(_))) => match args.pubkey {
-                Some(pk) => Ok((pk, None, Some(format!("{e}; added anyway, `mmogit serve` keeps trying")))),
-                None => Err(e),
-            },
-            Err(e) => Err(e),
-        }
-    });
-    let (pk, rtt, note) = res.with_context(|| format!("adding peer {}", args.target))?;
-    if pk == me {
-        return Err(Exit::new(code::USAGE, format!("{} is this agent itself", args.target)).into());
-    }
-    if args.pubkey.is_none() {
-        confirm(&pk, &args.target, args.yes)?;
-    }
-    let rec = update_peers(ctx, |store| {
-        Ok(store
-            .add(
-                pk,
-                args.name.clone(),
-                vec![args.target.clone()],
-                PeerSource::Manual,
-            )
-            .clone())
-    })?;
-    let rec = &rec;
-    if let Some(n) = &note {
-        eprintln!("note: {n}");
-    }
-    if args.json {
-        print_json(&PeerJson::new(rec))?;
-    } else {
-        let rtt = rtt
-            .map(|r| format!(", authenticated in {:.2} ms", r.as_secs_f64() * 1000.0))
-            .unwrap_or_default();
-        println!("trusted {} at {}{rtt}", pk, args.target);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn add_git(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
-    let me = ctx.home.load_identity()?.public_key();
-    let store = ctx.home.open_store()?;
-    let url = args.target.clone();
-    let users = mmogit::api::remote_users(&url, args.timeout)?;
-    let pk = match (args.pubkey, users.as_slice()) {
-        (Some(pk), _) => {
-            if !users.contains(&pk) {
-                eprintln!("note: {url} has no branch users/{} yet", pk.short(12));
-            }
-            pk
-        }
-        (None, [one]) => *one,
-        (None, []) => {
-            return Err(Exit::new(
-                code::USAGE,
-                format!("{url} has no users/<key> branch: pass the peer's key with --pubkey"),
-            )
-            .into())
-        }
-        (None, many) => {
-            let list: Vec<String> = many.iter().map(|k| k.to_hex()).collect();
-            return Err(Exit::new(
-                code::USAGE,
-                format!(
-                    "{url} holds several agents' branches; choose one with --pubkey: {}",
-                    list.join(", ")
-                ),
-            )
-            .into());
-        }
-    };
-    if pk == me {
-        return Err(Exit::new(
-            code::USAGE,
-            format!("{url} is this agent's own branch: pass --pubkey for another"),
-        )
-        .into());
-    }
-    let remote = remote_name(&pk);
-    store.set_remote(&remote, &url)?;
-    let rec = update_peers(ctx, |peers| {
-        peers.add(pk, args.name.clone(), Vec::new(), PeerSource::Git);
-        Ok(peers
-            .set_git(&pk, Some(url.clone()), Some(remote.clone()))
-            .expect("just added")
-            .clone())
-    })?;
-    let rec = &rec;
-    if args.json {
-        print_json(&PeerJson::new(rec))?;
-    } else {
-        println!("trusted {pk} via git remote {remote} ({url})");
-    }
-    Ok(ExitCode::SUCCESS)
 }

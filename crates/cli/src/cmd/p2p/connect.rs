@@ -4,10 +4,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mmogit::api::connect_to_peer;
 use mmogit_identity::PublicKey;
 use serde::Serialize;
 
-use super::{client_config, parse_pubkey, resolve_target, runtime};
+use super::{parse_pubkey, resolve_target, runtime};
 use crate::output::print_json;
 use crate::Ctx;
 
@@ -40,9 +41,8 @@ struct Out {
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let identity = Arc::new(ctx.home.load_identity()?);
     let (addr, expected) = resolve_target(ctx, &args.target, args.pubkey)?;
-    let cfg = client_config(args.timeout);
     let out = runtime()?.block_on(async {
-        let conn = mmogit_node::connect(&addr, identity, expected, &cfg).await?;
+        let conn = connect_to_peer(&addr, identity, expected, args.timeout).await?;
         let out = Out {
             pubkey: conn.peer_pubkey().to_hex(),
             addr: conn.peer_addr().to_string(),

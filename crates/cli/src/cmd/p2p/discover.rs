@@ -2,11 +2,10 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
+use mmogit::api::{discover_lan, Announced, TrustState};
 use mmogit_identity::PublicKey;
-use mmogit_node::discovery::{Announced, CandidateTable, Discovery, MdnsDiscovery};
-use mmogit_node::TrustState;
 use serde::Serialize;
 
 use super::{load_peers, runtime};
@@ -57,32 +56,14 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     // Our own key (to leave ourselves out) when this home has one.
     let ours: Option<PublicKey> = ctx.home.load_identity().ok().map(|i| i.public_key());
     let store = load_peers(ctx)?;
-    let disc = MdnsDiscovery::new()
-        .map_err(|e| Exit::new(code::FAILURE, format!("cannot start mDNS: {e}")))?;
-    let mut rx = disc
-        .browse()
-        .map_err(|e| Exit::new(code::FAILURE, format!("cannot browse with mDNS: {e}")))?;
-    let mut table = CandidateTable::new(ours);
-    runtime()?.block_on(async {
-        let end = tokio::time::Instant::now() + args.timeout;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(end) => break,
-                ev = rx.recv() => match ev {
-                    Some(ev) => { table.apply(ev, Instant::now()); }
-                    None => break,
-                },
-            }
-        }
-    });
-    disc.shutdown();
+    let found = runtime()?.block_on(discover_lan(args.timeout, ours))?;
 
     let known: Vec<PublicKey> = store.list().iter().map(|r| r.pubkey).collect();
     let now = SystemTime::now();
     // Merge by key: a tag recognised as a known key joins that key's entry.
     let mut by_key: HashMap<String, Out> = HashMap::new();
     let mut out: Vec<Out> = vec![];
-    for c in table.candidates() {
+    for c in found {
         let (private, tag) = match c.announced {
             Announced::Key(_) => (false, None),
             Announced::Tag(t) => (true, Some(hex::encode(t))),

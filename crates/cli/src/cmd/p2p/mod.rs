@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use mmogit::api::PeerStore;
 use mmogit_identity::PublicKey;
-use mmogit_node::{ClientConfig, PeerStore};
 
 use crate::Ctx;
 
@@ -63,16 +63,6 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
-}
-
-/// Client settings with one timeout for connecting, the handshake and each request.
-pub fn client_config(timeout: Duration) -> ClientConfig {
-    ClientConfig {
-        connect_timeout: timeout,
-        handshake_timeout: timeout,
-        request_timeout: timeout,
-        ..ClientConfig::default()
-    }
 }
 
 /// Loads peers.json of the home.

@@ -4,10 +4,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mmogit::api::connect_to_peer;
 use mmogit_identity::PublicKey;
 use serde::Serialize;
 
-use super::{client_config, parse_pubkey, resolve_target, runtime};
+use super::{parse_pubkey, resolve_target, runtime};
 use crate::output::print_json;
 use crate::Ctx;
 
@@ -46,10 +47,9 @@ struct Out {
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let identity = Arc::new(ctx.home.load_identity()?);
     let (addr, expected) = resolve_target(ctx, &args.target, args.pubkey)?;
-    let cfg = client_config(args.timeout);
     let json = args.json;
     let out = runtime()?.block_on(async {
-        let mut conn = mmogit_node::connect(&addr, identity, expected, &cfg).await?;
+        let mut conn = connect_to_peer(&addr, identity, expected, args.timeout).await?;
         let mut out = Out {
             pubkey: conn.peer_pubkey().to_hex(),
             addr: conn.peer_addr().to_string(),

@@ -5,11 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mmogit::api::{connect_to_peer, query_peer, Filter, MemoryType};
 use mmogit_identity::PublicKey;
-use mmogit_node::replicate::{query_peer, since_string, MemoryRequest};
-use mmogit_store::MemoryType;
 
-use super::{client_config, parse_pubkey, resolve_target, runtime};
+use super::{parse_pubkey, resolve_target, runtime};
 use crate::cmd::recall::FilterArgs;
 use crate::cmd::remember::parse_type;
 use crate::output::{print_human, print_json, MemoryJson};
@@ -44,25 +43,21 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let (addr, expected) = resolve_target(ctx, &args.peer, args.pubkey)?;
     let mut authors = Vec::new();
     for a in &args.filter.authors {
-        authors.push(ctx.home.resolve_author(a, Some(&me))?.to_hex());
+        authors.push(ctx.home.resolve_author(a, Some(&me))?);
     }
-    let req = MemoryRequest {
-        authors,
-        types: args.kinds.iter().map(|k| k.as_str().to_string()).collect(),
+    let filter = Filter {
+        kinds: args.kinds.clone(),
         tags: args.filter.tags.clone(),
-        since: args.filter.since.map(since_string),
-        limit: args
-            .filter
-            .limit
-            .map(|l| u32::try_from(l).unwrap_or(u32::MAX)),
-        ..Default::default()
+        authors,
+        since: args.filter.since,
+        limit: args.filter.limit,
+        ..Filter::default()
     };
-    let cfg = client_config(args.timeout);
     let timeout = args.timeout;
     let id = identity.clone();
     let out = runtime()?.block_on(async move {
-        let mut conn = mmogit_node::connect(&addr, id, expected, &cfg).await?;
-        let out = query_peer(&mut conn, req, timeout).await;
+        let mut conn = connect_to_peer(&addr, id, expected, timeout).await?;
+        let out = query_peer(&mut conn, &filter, timeout).await;
         let _ = conn.close("done").await;
         out
     })?;

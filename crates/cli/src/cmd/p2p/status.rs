@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
-use mmogit_node::{read_status, PeerStatus, TrustState};
+use mmogit::api::{Agent, PeerStatus, TrustState};
 use serde::Serialize;
 
 use super::load_peers;
@@ -53,7 +53,7 @@ fn ms_time(ms: u64) -> String {
 
 pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
     let store = load_peers(ctx)?;
-    let status = match read_status(&ctx.home.status_path()) {
+    let status = match Agent::open_reader(ctx.home.clone()).serve_status() {
         Ok(s) if s.is_live() => Some(s),
         Ok(_) => None,
         Err(e) if e.is_not_found() => None,

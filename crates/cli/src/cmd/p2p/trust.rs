@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
+use mmogit::api::{PeerSource, PeerStore, PeerStoreError, TrustState};
 use mmogit_identity::PublicKey;
-use mmogit_node::{PeerSource, PeerStore, PeerStoreError, TrustState};
 
 use super::add::PeerJson;
 use super::{load_peers, update_peers, when};
