@@ -16,9 +16,11 @@
 //! read-only repository) is replaced by a temporary one in memory. The tips
 //! and what was indexed for them change in one transaction, and a recall or
 //! search reads the index in one snapshot whose tips are the branch tips it
-//! saw, so neither a crash nor another process (a `sync`, a `remember`, a
-//! concurrent recall updating the index) can make it answer for a stale or
-//! half-updated index.
+//! saw (brought up to date again when another process moved it in between,
+//! up to four times while the branches keep moving), so neither a crash nor
+//! another process (a `sync`, a `remember`, a concurrent recall updating the
+//! index) makes it answer from a half-updated index, or from one older than
+//! the branches it read.
 //!
 //! Nothing in the index is trusted. Every memory recall or search returns is
 //! read from git and verified (signature, id, the author owns the branch);
