@@ -16,9 +16,11 @@
 //! read-only repository) is replaced by a temporary one in memory. The tips
 //! and what was indexed for them change in one transaction, and a recall or
 //! search reads the index in one snapshot whose tips are the branch tips it
-//! saw, so neither a crash nor another process (a `sync`, a `remember`, a
-//! concurrent recall updating the index) can make it answer for a stale or
-//! half-updated index.
+//! saw (brought up to date again when another process moved it in between,
+//! up to four times while the branches keep moving), so neither a crash nor
+//! another process (a `sync`, a `remember`, a concurrent recall updating the
+//! index) makes it answer from a half-updated index, or from one older than
+//! the branches it read.
 //!
 //! Nothing in the index is trusted. Every memory recall or search returns is
 //! read from git and verified (signature, id, the author owns the branch);
@@ -29,10 +31,11 @@
 //!
 //! Private memories: the reader's own are indexed decrypted (the index is the
 //! reader's, in the reader's home); anyone else's are indexed by their tags
-//! and metadata only, never their content. A recall (which has no key)
-//! indexes the reader's new private memories without their text; the next
-//! search decrypts them. An index of another reader is deleted by a search;
-//! one of nobody (built by a recall) is taken over.
+//! and metadata only, never their content. A recall indexes no text at all
+//! (it needs none, and has no key for the reader's private memories): the
+//! next search indexes the text of what recalls indexed, so a recall costs
+//! what the metadata costs. An index of another reader is deleted by a
+//! search; one of nobody (built by a recall) is taken over.
 //!
 //! Versions before this one also kept a JSON recall index
 //! (`mmogit/recall-index.json`); it is deleted whenever this index is built
@@ -109,8 +112,7 @@ pub(crate) enum Reader<'a> {
     /// is deleted; one of nobody is taken over.
     Is(Option<&'a Identity>),
     /// A recall: whoever the index is for (nobody if it is built now). New
-    /// private memories of that reader are indexed without their text until
-    /// a search with the key.
+    /// memories are indexed without their text until a search.
     Any,
 }
 
@@ -198,8 +200,8 @@ enum Text {
     /// This text (decrypted for the reader's own private memories, empty
     /// for other private ones).
     Indexed(String),
-    /// The reader's own private memory, indexed by a recall (no key): the
-    /// next search decrypts it.
+    /// Indexed by a recall, which needs no text (and has no key to decrypt
+    /// the reader's private memories): the next search indexes it.
     Pending,
     /// The reader's own private memory that does not decrypt: recalled,
     /// never found by a search.
@@ -218,17 +220,23 @@ struct Doc {
     text: Text,
 }
 
-/// Who the index decrypts for while indexing.
+/// What text an update indexes, for whom.
 #[derive(Clone, Copy)]
 struct TextFor<'a> {
     /// The index's reader (hex), empty for nobody.
     reader: &'a str,
     /// Its key, when this update has it.
     key: Option<&'a Identity>,
+    /// A recall's update: no text at all (recall does not need it); the
+    /// next search indexes it.
+    deferred: bool,
 }
 
 impl TextFor<'_> {
     fn text(&self, content: &str, private: bool, owner_hex: &str) -> Text {
+        if self.deferred {
+            return Text::Pending;
+        }
         if !private {
             return Text::Indexed(content.to_string());
         }
@@ -699,10 +707,11 @@ impl Store {
         let text = TextFor {
             reader: &reader_hex,
             key,
+            deferred: matches!(reader, Reader::Any),
         };
         self.sync_branches(&tx, branches, text, &mut update)?;
-        if let Some(k) = key {
-            decrypt_pending(&tx, self.git(), k)?;
+        if !text.deferred {
+            index_pending_text(&tx, self.git(), text)?;
         }
         let indexed = started.elapsed();
         tx.commit()?;
@@ -900,31 +909,50 @@ impl Store {
     }
 }
 
-/// Indexes the text of the reader's private memories that a recall indexed
-/// without it (see [`Text::Pending`]).
-fn decrypt_pending(tx: &Connection, repo: &Repository, key: &Identity) -> Result<(), Fail> {
-    let pending: Vec<(i64, String)> = tx
-        .prepare("SELECT rowid, blob FROM docs WHERE pending = 1")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+/// Indexes the text of the memories that recalls indexed without it (see
+/// [`Text::Pending`]), reading them on every core.
+fn index_pending_text(tx: &Connection, repo: &Repository, text: TextFor<'_>) -> Result<(), Fail> {
+    let pending: Vec<(i64, String, String)> = tx
+        .prepare(
+            "SELECT d.rowid, b.owner, d.blob FROM docs d JOIN branches b ON b.rowid = d.branch
+             WHERE d.pending = 1",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
     if pending.is_empty() {
         return Ok(());
     }
+    let started = Instant::now();
     let mut ins_fts = tx.prepare("INSERT INTO fts(rowid, content, tags) VALUES (?1, ?2, ?3)")?;
     let mut done = tx.prepare("UPDATE docs SET pending = 0 WHERE rowid = ?1")?;
-    for (row, blob) in &pending {
-        let m = Oid::from_str(blob)
-            .map_err(StoreError::from)
-            .and_then(|b| read_blob(repo, b, MAX_MEMORY_FILE_BYTES))
-            .and_then(|d| UnverifiedMemory::from_json(&d));
-        if let Ok(m) = m {
-            if let Some(t) = decrypt(&m.content, key) {
-                ins_fts.execute(params![row, t, m.tags.join(" ")])?;
+    let read =
+        |repo: &Repository, part: &[(i64, String, String)]| -> Vec<Option<(String, String)>> {
+            part.iter()
+                .map(|(_, owner, blob)| {
+                    let data =
+                        read_blob(repo, Oid::from_str(blob).ok()?, MAX_MEMORY_FILE_BYTES).ok()?;
+                    let m: RawMemory = serde_json::from_slice(&data).ok()?;
+                    match text.text(&m.content, m.private, owner) {
+                        Text::Indexed(t) => Some((t, m.tags.join(" "))),
+                        Text::Pending | Text::Unreadable => None,
+                    }
+                })
+                .collect()
+        };
+    for chunk in pending.chunks(PARSE_CHUNK) {
+        let texts = crate::repo::par_parts(repo, chunk, 256, read)?;
+        for ((row, _, _), t) in chunk.iter().zip(texts.into_iter().flatten()) {
+            if let Some((content, tags)) = t {
+                ins_fts.execute(params![row, content, tags])?;
             }
+            done.execute([row])?;
         }
-        done.execute([row])?;
     }
-    tracing::debug!(n = pending.len(), "indexed the text of private memories");
+    tracing::debug!(
+        n = pending.len(),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "indexed the text that recalls left for search"
+    );
     Ok(())
 }
 
