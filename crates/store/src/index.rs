@@ -306,20 +306,22 @@ fn parse_doc(
     text: TextFor<'_>,
 ) -> Result<Doc, String> {
     let data = read_blob(repo, blob, MAX_MEMORY_FILE_BYTES).map_err(|e| e.to_string())?;
+    let doc = |id: String, t, kind, content: &str, tags, confidence, private| Doc {
+        text: text.text(content, private, owner_hex),
+        id,
+        blob,
+        t: micros(t),
+        kind,
+        tags,
+        confidence,
+        private,
+    };
     // The common case without parsing the key.
     if let Ok(m) = serde_json::from_slice::<RawMemory>(&data) {
         if m.id == id && m.author == owner_hex {
             if let Ok(t) = parse_time(&m.created_at) {
-                return Ok(Doc {
-                    text: text.text(&m.content, m.private, owner_hex),
-                    id: m.id,
-                    blob,
-                    t: micros(t),
-                    kind: m.kind,
-                    tags: m.tags,
-                    confidence: m.confidence,
-                    private: m.private,
-                });
+                let c = &m.content;
+                return Ok(doc(m.id, t, m.kind, c, m.tags, m.confidence, m.private));
             }
         }
     }
@@ -334,16 +336,8 @@ fn parse_doc(
         ));
     }
     let t = parse_time(&m.created_at).map_err(|e| e.to_string())?;
-    Ok(Doc {
-        text: text.text(&m.content, m.private, owner_hex),
-        id: m.id,
-        blob,
-        t: micros(t),
-        kind: m.kind,
-        tags: m.tags,
-        confidence: m.confidence,
-        private: m.private,
-    })
+    let c = &m.content;
+    Ok(doc(m.id, t, m.kind, c, m.tags, m.confidence, m.private))
 }
 
 /// Parses `items` (id, blob) on up to 2 threads, each with its own handle on

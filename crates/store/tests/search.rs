@@ -1,8 +1,6 @@
 //! Full-text search: ranking, phrases, filters, the index following the
 //! branches, rebuilds, a lying index, private content.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use mmogit_identity::Identity;
@@ -12,7 +10,7 @@ use mmogit_store::{
 
 mod common;
 
-use common::{new, remember};
+use common::{git_in as git, new, remember};
 
 fn text(store: &Store, id: &Identity, content: &str) -> VerifiedMemory {
     remember(store, id, new(MemoryType::Learning, content, &[]))
@@ -205,20 +203,6 @@ fn filters_combine_with_the_query() {
     assert_eq!(top.hits.len(), 1);
     assert_ne!(top.hits[0].memory.id(), by_b.id());
     assert!([task.id(), learning.id()].contains(&top.hits[0].memory.id()));
-}
-
-fn git(repo: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .arg("--git-dir")
-        .arg(repo)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

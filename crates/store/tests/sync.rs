@@ -12,7 +12,7 @@ use mmogit_store::{
 
 mod common;
 
-use common::{id, repo};
+use common::{git_in, id, repo};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -55,20 +55,6 @@ fn bundle_file(
     let b = from.build_bundle(have, only, u64::MAX).unwrap()?;
     std::fs::write(path, &b.bytes).unwrap();
     Some(b)
-}
-
-fn git_in(repo: &Path, args: &[&str]) {
-    let out = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(repo)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn path_str(p: &Path) -> &str {

@@ -70,3 +70,19 @@ pub fn recalled_ids(store: &Store) -> Vec<String> {
         .map(|m| m.id().to_string())
         .collect()
 }
+
+/// Runs `git --git-dir <repo> <args>`; panics with git's stderr if it fails.
+#[allow(dead_code)]
+pub fn git_in(repo: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
