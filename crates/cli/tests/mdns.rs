@@ -280,7 +280,8 @@ fn nodes_see_each_other_and_a_stopped_node_disappears() {
             &b,
             &["p2p", "discover", "--timeout", "2s"],
         ))
-        .ok();
+        .ok()
+        .to_string();
         if out.contains("10.77.0.1:7420") {
             break;
         }

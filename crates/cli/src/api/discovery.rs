@@ -288,7 +288,7 @@ impl Peering {
 }
 
 /// Whether `s` looks like `host:port` rather than a peer name or key prefix.
-pub(crate) fn is_address(s: &str) -> bool {
+pub fn is_address(s: &str) -> bool {
     s.parse::<std::net::SocketAddr>().is_ok()
         || s.rsplit_once(':')
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())

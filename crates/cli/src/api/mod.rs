@@ -26,7 +26,8 @@ pub mod sync;
 
 pub use agent::Agent;
 pub use discovery::{
-    connect_to_peer, discover_lan, query_peer, remote_users, PeerAdded, PeerProbe, Peering,
+    connect_to_peer, discover_lan, is_address, query_peer, remote_users, PeerAdded, PeerProbe,
+    Peering,
 };
 pub use error::{Error, Result};
 pub use server::{Event, Events, GcSchedule, P2PServer, ServerHandle};

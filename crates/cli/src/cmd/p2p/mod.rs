@@ -79,12 +79,7 @@ pub fn update_peers<T>(
     PeerStore::update(&ctx.home.peers_path(), change)
 }
 
-/// Whether `s` looks like `host:port` rather than a peer name or key prefix.
-pub fn is_address(s: &str) -> bool {
-    s.parse::<std::net::SocketAddr>().is_ok()
-        || s.rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
-}
+pub use mmogit::api::is_address;
 
 /// Where to connect and which key to expect: an address (with an optional
 /// expected key), or a known peer (its newest address and its key).
