@@ -4,7 +4,7 @@
 
 use std::str::FromStr;
 
-use git2::Oid;
+use mmogit_store::Oid;
 use mmogit_identity::PublicKey;
 use mmogit_proto::{BranchTip, IngestSummary, MemoryRequest, MemoryResponse, SyncRequest};
 use mmogit_store::{
