@@ -4,9 +4,9 @@
 
 use std::str::FromStr;
 
-use mmogit_store::Oid;
 use mmogit_identity::PublicKey;
 use mmogit_proto::{BranchTip, IngestSummary, MemoryRequest, MemoryResponse, SyncRequest};
+use mmogit_store::Oid;
 use mmogit_store::{
     Bundle, BundleError, Filter, IngestReport, IngestStatus, MemoryType, RecallKey, Store,
 };
