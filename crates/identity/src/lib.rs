@@ -14,6 +14,10 @@
 //! The same identity also owns a symmetric key for content only its owner may
 //! read (`--private` memories): HKDF-SHA256(ikm = Ed25519 secret key,
 //! salt = empty, info = `"mmogit private-content v1"`) → XChaCha20-Poly1305 key.
+//!
+//! Its X25519 form, the static key of protocol version 2 (issue 17), is
+//! libsodium's: [`Identity::x25519_secret`] and [`PublicKey::to_x25519`]
+//! (`docs/PROTOCOL.md` section 13).
 
 use std::fmt;
 use std::fs;
@@ -182,6 +186,37 @@ impl PublicKey {
         self.0
             .verify(&sig.0, msg)
             .map_err(|_| IdentityError::BadSignature)
+    }
+
+    /// The X25519 (Montgomery) form of this key: the u-coordinate
+    /// `u = (1 + y) / (1 - y) mod 2^255 - 19` of the key's Edwards point,
+    /// as 32 little-endian bytes. This is the standard birational map, the
+    /// one libsodium's `crypto_sign_ed25519_pk_to_curve25519` computes, and
+    /// it equals the X25519 public key of [`Identity::x25519_secret`]
+    /// (`X25519(x25519_secret, 9)`), so a peer's 64-hex Ed25519 key is all
+    /// one needs to run a Diffie-Hellman with it. Version 2 of the protocol
+    /// (Noise, issue 17) uses it as the peer's static key; the test vectors
+    /// are in `tests/data/x25519_vectors.json` and `docs/PROTOCOL.md`.
+    ///
+    /// Safe for our keys: [`PublicKey::from_bytes`] accepts only canonical
+    /// encodings of points that are not of small order, so the map is
+    /// defined (`y != 1`) and the result is never one of the low-order
+    /// X25519 values that force an all-zero shared secret. Keys derived
+    /// from a secret are of prime order. A parsed key may still carry a
+    /// small torsion component (ZIP-215 accepts such keys, and so does
+    /// `from_bytes`); X25519's clamped scalars are multiples of 8 and
+    /// remove it, so such a key shares secrets like its prime-order part.
+    /// The map also forgets the sign of `x`: `P` and `-P` have the same
+    /// X25519 form. Neither grants anything the Ed25519 key did not (who
+    /// holds the scalar `a` of `P` can sign for `-P` with `L - a`, and for
+    /// `P + T` with `a` under the cofactored rule), but an X25519 key does
+    /// not name one Ed25519 key: a peer is still named by its Ed25519 key.
+    pub fn to_x25519(&self) -> [u8; 32] {
+        CompressedEdwardsY(*self.as_bytes())
+            .decompress()
+            .expect("a parsed public key is a point on the curve")
+            .to_montgomery()
+            .to_bytes()
     }
 }
 
@@ -425,6 +460,35 @@ impl Identity {
     /// The public half.
     pub fn public_key(&self) -> PublicKey {
         self.public
+    }
+
+    /// The X25519 secret key of this identity: the first 32 bytes of
+    /// SHA-512 of the 32-byte Ed25519 secret key (the seed), clamped
+    /// (`[0] &= 248; [31] &= 127; [31] |= 64`), as libsodium's
+    /// `crypto_sign_ed25519_sk_to_curve25519` computes. These are the
+    /// bytes of Ed25519's own secret scalar, so its X25519 public key
+    /// (`X25519(secret, 9)`) is [`PublicKey::to_x25519`] of
+    /// [`Identity::public_key`]: a peer that knows our Ed25519 key knows
+    /// our X25519 key. Version 2 of the protocol (Noise, issue 17) uses
+    /// this pair as the static key. Wiped from memory when dropped.
+    ///
+    /// The one secret thus serves both signatures and Diffie-Hellman.
+    /// libsodium and ed25519-dalek advise separate keys where one can; the
+    /// joint use is analysed in Thormarker, "On using the same key pair for
+    /// Ed25519 and an X25519 based KEM" (eprint 2021/509). Issue 17 takes
+    /// it so that an agent's Ed25519 key is also its address. See
+    /// [`PublicKey::to_x25519`] for why the map is safe on our keys.
+    pub fn x25519_secret(&self) -> Zeroizing<[u8; 32]> {
+        use sha2::Digest;
+        let seed = Zeroizing::new(self.signing.to_bytes());
+        let mut hash = sha2::Sha512::digest(seed.as_ref());
+        let mut secret = Zeroizing::new([0u8; 32]);
+        secret.copy_from_slice(&hash[..32]);
+        hash.as_mut_slice().zeroize();
+        secret[0] &= 248;
+        secret[31] &= 127;
+        secret[31] |= 64;
+        secret
     }
 
     /// Signs `msg`.
