@@ -382,17 +382,29 @@ impl Transport {
     pub fn decrypt(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), NoiseError> {
         self.inbuf.extend_from_slice(bytes);
         let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
-        while let Some(frame) = take_frame(&mut self.inbuf, MAX_NOISE_MESSAGE)? {
-            if frame.len() < TAG_LEN {
-                return Err(NoiseError::Decrypt("shorter than its tag".into()));
+        // Walk the whole messages, then drop them from the buffer at once
+        // (dropping each in turn would move the rest every time).
+        let mut at = 0;
+        let result = loop {
+            let rest = &self.inbuf[at..];
+            if rest.len() < 2 {
+                break Ok(());
             }
-            let n = self
-                .state
-                .read_message(&frame, &mut buf)
-                .map_err(decrypt_err)?;
-            out.extend_from_slice(&buf[..n]);
-        }
-        Ok(())
+            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            if rest.len() < 2 + len {
+                break Ok(());
+            }
+            if len < TAG_LEN {
+                break Err(NoiseError::Decrypt("shorter than its tag".into()));
+            }
+            match self.state.read_message(&rest[2..2 + len], &mut buf) {
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(e) => break Err(decrypt_err(e)),
+            }
+            at += 2 + len;
+        };
+        self.inbuf.drain(..at);
+        result
     }
 
     /// Bytes received and not yet a whole transport message.
