@@ -4,6 +4,8 @@
 //!   an incremental decoder that never allocates for a frame before its bytes
 //!   arrive.
 //! * [`message`]: the message types and their payload schemas.
+//! * [`noise`]: version 2's encrypted channel (a Noise handshake, then
+//!   transport messages carrying the frame stream).
 //! * [`session`]: the signed handshake and the session state machine, driven
 //!   by bytes in → events and bytes out (like quinn-proto). Time and
 //!   randomness are passed in, so it is deterministic under test.
@@ -13,6 +15,7 @@
 pub mod codec;
 pub mod error;
 pub mod message;
+pub mod noise;
 pub mod session;
 
 pub use codec::{
