@@ -15,7 +15,7 @@
 //! that holds each session's sender and control handle, keyed by session
 //! id, and carries these out.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -207,9 +207,11 @@ pub(crate) struct Sessions {
     params: DialParams,
     /// The backoff's jitter draws.
     rng: StdRng,
-    peers: HashMap<PublicKey, Entry>,
+    /// By key, so that every walk over them goes in one order (keys are
+    /// ordered by their bytes): the same inputs give the same outputs.
+    peers: BTreeMap<PublicKey, Entry>,
     /// Client session ids by key.
-    clients: HashMap<PublicKey, Vec<u64>>,
+    clients: BTreeMap<PublicKey, Vec<u64>>,
     /// The keys trusted in the peer store as last read (None before the
     /// first read, or without a peer store).
     trusted: Option<HashSet<PublicKey>>,
@@ -248,8 +250,8 @@ impl Sessions {
             ours,
             params,
             rng: StdRng::seed_from_u64(seed),
-            peers: HashMap::new(),
-            clients: HashMap::new(),
+            peers: BTreeMap::new(),
+            clients: BTreeMap::new(),
             trusted: None,
             next_id: 1,
         }
@@ -436,6 +438,8 @@ impl Sessions {
     /// sessions registered later (see [`Registered::New`]). The sessions stay
     /// registered until they are unregistered.
     pub fn set_trusted(&mut self, trusted: HashSet<PublicKey>) -> Vec<ToClose> {
+        // In key order (the maps'), peer sessions first, client ids in the
+        // order they were given.
         let mut peers: Vec<ToClose> = self
             .peers
             .iter()
@@ -448,7 +452,7 @@ impl Sessions {
                 })
             })
             .collect();
-        let mut clients: Vec<ToClose> = self
+        let clients: Vec<ToClose> = self
             .clients
             .iter()
             .filter(|(k, _)| !trusted.contains(k))
@@ -460,9 +464,6 @@ impl Sessions {
                 })
             })
             .collect();
-        let order = |c: &ToClose| (*c.pubkey.as_bytes(), c.id);
-        peers.sort_by_key(order);
-        clients.sort_by_key(order);
         peers.extend(clients);
         self.trusted = Some(trusted);
         peers
@@ -493,7 +494,7 @@ impl Sessions {
         max_outbound: usize,
         now: Instant,
     ) -> DialPlan {
-        let mut wanted: HashMap<PublicKey, Vec<String>> = HashMap::new();
+        let mut wanted: BTreeMap<PublicKey, Vec<String>> = BTreeMap::new();
         for (k, addrs) in targets {
             let found = self.peers.get(&k).is_some_and(|e| !e.found.is_empty());
             if k != self.ours && (!addrs.is_empty() || found) {
@@ -533,7 +534,7 @@ impl Sessions {
         self.prune();
         let mut budget = max_outbound.saturating_sub(self.outbound_load());
         let mut jobs = vec![];
-        let mut due: Vec<PublicKey> = self
+        let due: Vec<PublicKey> = self
             .peers
             .iter()
             .filter(|(_, e)| {
@@ -546,7 +547,6 @@ impl Sessions {
             })
             .map(|(k, _)| *k)
             .collect();
-        due.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         for k in due {
             if budget == 0 {
                 break;
