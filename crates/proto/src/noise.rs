@@ -365,13 +365,18 @@ impl Transport {
     /// Encrypts `plain` (any length) into transport messages appended to
     /// `out`, each `[u16 BE length][ciphertext]`.
     pub fn encrypt(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), NoiseError> {
-        let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
+        // Written in place after each length: no scratch buffer (a 64 KiB
+        // one per call, or per connection, would cost more than the rest).
         for piece in plain.chunks(MAX_PLAINTEXT) {
+            let len = piece.len() + TAG_LEN;
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+            let at = out.len();
+            out.resize(at + len, 0);
             let n = self
                 .state
-                .write_message(piece, &mut buf)
+                .write_message(piece, &mut out[at..])
                 .map_err(decrypt_err)?;
-            put_frame(out, &buf[..n]);
+            debug_assert_eq!(n, len);
         }
         Ok(())
     }
@@ -381,9 +386,9 @@ impl Transport {
     /// reordered message) ends the channel.
     pub fn decrypt(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), NoiseError> {
         self.inbuf.extend_from_slice(bytes);
-        let mut buf = vec![0u8; MAX_NOISE_MESSAGE];
         // Walk the whole messages, then drop them from the buffer at once
-        // (dropping each in turn would move the rest every time).
+        // (dropping each in turn would move the rest every time); each
+        // plaintext is written in place at the end of `out`.
         let mut at = 0;
         let result = loop {
             let rest = &self.inbuf[at..];
@@ -397,9 +402,17 @@ impl Transport {
             if len < TAG_LEN {
                 break Err(NoiseError::Decrypt("shorter than its tag".into()));
             }
-            match self.state.read_message(&rest[2..2 + len], &mut buf) {
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(e) => break Err(decrypt_err(e)),
+            let start = out.len();
+            out.resize(start + len - TAG_LEN, 0);
+            match self
+                .state
+                .read_message(&rest[2..2 + len], &mut out[start..])
+            {
+                Ok(n) => out.truncate(start + n),
+                Err(e) => {
+                    out.truncate(start);
+                    break Err(decrypt_err(e));
+                }
             }
             at += 2 + len;
         };
