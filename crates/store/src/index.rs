@@ -448,7 +448,26 @@ fn open_db(path: &Path) -> Result<Connection, Fail> {
     }
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(30))?;
-    let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    // Switching a new file to WAL takes it whole, and SQLite answers a
+    // second connection doing the same at that moment "database is locked"
+    // at once, busy timeout or not (four queries of one peer, or a recall
+    // beside a search, on a repository without an index yet): wait and try
+    // again, as the busy timeout would.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                ) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     configure(&conn)?;
     Ok(conn)
 }

@@ -516,3 +516,41 @@ fn the_index_answers_for_the_tips_a_recall_saw() {
         .collect();
     assert_eq!(ids, vec![m2.id().to_string(), m1.id().to_string()]);
 }
+
+#[test]
+fn concurrent_first_recalls_on_a_repository_without_an_index_all_answer() {
+    // Eight readers (a peer's queries, a recall beside a search...) open a
+    // repository whose index does not exist yet, at the same moment. The
+    // first to switch the new file to WAL used to make another fail at once
+    // with "database is locked", whatever the busy timeout: the peer got an
+    // error instead of memories (caught by a node test under load). Many
+    // rounds, since the window is narrow.
+    let id = Identity::from_secret_bytes(&[4; 32]);
+    for round in 0..60 {
+        let (dir, store) = tmp_store();
+        remember(&store, &id, new(MemoryType::Observation, "one", &[]));
+        let path = store.path().to_path_buf();
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || {
+                    let s = Store::open(&p).unwrap();
+                    s.recall(&Filter {
+                        limit: Some(20),
+                        ..Filter::default()
+                    })
+                    .map(|r| r.memories.len())
+                })
+            })
+            .collect();
+        for r in readers {
+            let got = r.join().unwrap();
+            assert!(
+                matches!(got, Ok(1)),
+                "round {round}: a reader got {:?}",
+                got.map_err(|e| e.to_string())
+            );
+        }
+        drop(dir);
+    }
+}
