@@ -120,7 +120,8 @@ fn put_frame(out: &mut Vec<u8>, msg: &[u8]) {
 
 /// A Noise handshake in progress, either side.
 pub struct Handshake {
-    state: HandshakeState,
+    /// None for a responder until the first message names the pattern.
+    state: Option<HandshakeState>,
     pattern: Option<Pattern>,
     /// Bytes received and not yet a whole message.
     inbuf: Vec<u8>,
@@ -212,7 +213,7 @@ impl Handshake {
         body.extend_from_slice(&msg[..n]);
         put_frame(&mut first, &body);
         let hs = Handshake {
-            state,
+            state: Some(state),
             pattern: Some(pattern),
             inbuf: vec![],
             pending: None,
@@ -230,15 +231,14 @@ impl Handshake {
     /// [`Handshake::responder`] with a fixed ephemeral key: for test
     /// vectors only.
     pub fn responder_with(me: &Identity, hidden: bool, ephemeral: Option<&[u8; 32]>) -> Handshake {
-        let secret = me.x25519_secret();
-        // A placeholder until the first message names the pattern.
-        let state = builder_state(Pattern::Xk, &secret, None, None, false);
+        // No Noise state yet: it depends on the pattern the first message
+        // names, and a connection that never sends one costs nothing more.
         Handshake {
-            state,
+            state: None,
             pattern: None,
             inbuf: vec![],
             pending: Some(Responder {
-                secret,
+                secret: me.x25519_secret(),
                 hidden,
                 ephemeral: ephemeral.copied(),
             }),
@@ -253,7 +253,7 @@ impl Handshake {
 
     /// Takes bytes from the peer. Any error means: close, send nothing.
     pub fn handle_input(&mut self, bytes: &[u8]) -> Result<Step, NoiseError> {
-        if self.state.is_handshake_finished() {
+        if self.is_finished() {
             return Err(NoiseError::OutOfOrder);
         }
         self.inbuf.extend_from_slice(bytes);
@@ -261,9 +261,6 @@ impl Handshake {
         let max = MAX_HANDSHAKE_MESSAGE + usize::from(self.pending.is_some());
         let mut out = vec![];
         while let Some(mut frame) = take_frame(&mut self.inbuf, max)? {
-            if self.state.is_handshake_finished() || self.state.is_my_turn() {
-                return Err(NoiseError::OutOfOrder);
-            }
             if let Some(r) = self.pending.take() {
                 let Some((&b, rest)) = frame.split_first() else {
                     return Err(NoiseError::UnknownPattern(0));
@@ -272,58 +269,68 @@ impl Handshake {
                 if p == Pattern::Xx && r.hidden {
                     return Err(NoiseError::Hidden);
                 }
-                self.state = builder_state(p, &r.secret, None, r.ephemeral.as_ref(), false);
+                self.state = Some(builder_state(
+                    p,
+                    &r.secret,
+                    None,
+                    r.ephemeral.as_ref(),
+                    false,
+                ));
                 self.pattern = Some(p);
                 frame = rest.to_vec();
             }
+            let state = self
+                .state
+                .as_mut()
+                .expect("an initiator starts with its state, a responder's first frame makes it");
+            if state.is_handshake_finished() || state.is_my_turn() {
+                return Err(NoiseError::OutOfOrder);
+            }
             let mut payload = [0u8; MAX_HANDSHAKE_MESSAGE];
-            self.state
+            state
                 .read_message(&frame, &mut payload)
                 .map_err(decrypt_err)?;
-            if self.state.is_handshake_finished() {
+            if state.is_handshake_finished() {
                 break;
             }
-            if self.state.is_my_turn() {
+            if state.is_my_turn() {
                 let mut msg = [0u8; MAX_HANDSHAKE_MESSAGE];
-                let n = self
-                    .state
-                    .write_message(&[], &mut msg)
-                    .map_err(decrypt_err)?;
+                let n = state.write_message(&[], &mut msg).map_err(decrypt_err)?;
                 put_frame(&mut out, &msg[..n]);
-                if self.state.is_handshake_finished() {
+                if state.is_handshake_finished() {
                     break;
                 }
             }
         }
-        if self.state.is_handshake_finished() {
-            if let Some(e) = &self.expected {
-                let rs = self
-                    .state
-                    .get_remote_static()
-                    .ok_or(NoiseError::WrongStatic)?;
-                if rs != e {
-                    return Err(NoiseError::WrongStatic);
-                }
-            }
-            return Ok(Step::Done(out));
+        if !self.is_finished() {
+            return Ok(Step::Continue(out));
         }
-        Ok(Step::Continue(out))
+        if let (Some(e), Some(state)) = (&self.expected, &self.state) {
+            if state.get_remote_static() != Some(&e[..]) {
+                return Err(NoiseError::WrongStatic);
+            }
+        }
+        Ok(Step::Done(out))
+    }
+
+    fn is_finished(&self) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(HandshakeState::is_handshake_finished)
     }
 
     /// The encrypted channel, once the handshake is complete.
     pub fn into_transport(self) -> Result<Transport, NoiseError> {
-        let hash: [u8; 32] = self
-            .state
+        let state = self.state.ok_or(NoiseError::OutOfOrder)?;
+        let hash: [u8; 32] = state
             .get_handshake_hash()
             .try_into()
             .map_err(|_| NoiseError::OutOfOrder)?;
-        let remote: [u8; 32] = self
-            .state
+        let remote: [u8; 32] = state
             .get_remote_static()
             .and_then(|r| r.try_into().ok())
             .ok_or(NoiseError::WrongStatic)?;
-        let state = self
-            .state
+        let state = state
             .into_transport_mode()
             .map_err(|_| NoiseError::OutOfOrder)?;
         // What came after the last handshake message is transport data.
