@@ -155,16 +155,10 @@ impl Service {
         match input {
             Input::PeerStore(targets) => {
                 let trusted: HashSet<PublicKey> = targets.iter().map(|(k, _)| *k).collect();
+                // Every session the service registers is a peer session
+                // (it has no client sessions), found by its id.
                 for c in self.sessions.set_trusted(trusted) {
-                    let conn = if c.client {
-                        self.conns
-                            .iter()
-                            .find(|(_, (pk, id))| *pk == c.pubkey && id.is_none())
-                            .map(|(k, _)| *k)
-                    } else {
-                        self.by_session.get(&c.id).copied()
-                    };
-                    if let Some(conn) = conn {
+                    if let Some(conn) = self.by_session.get(&c.id).copied() {
                         self.close(conn, reasons::NOT_AUTHORIZED);
                     }
                 }

@@ -333,11 +333,6 @@ impl Replication {
         self.outbox.pop_front()
     }
 
-    /// Store work asked for and not answered yet.
-    pub fn pending_work(&self) -> usize {
-        self.jobs.len()
-    }
-
     /// Handles one input at `now`; the actions it leads to wait in the
     /// outbox ([`Replication::next_io`]).
     pub fn handle(&mut self, now: Instant, input: Input) {
