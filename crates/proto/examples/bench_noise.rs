@@ -11,14 +11,21 @@ use std::time::{Duration, Instant};
 use mmogit_identity::Identity;
 use mmogit_proto::noise::{Handshake, Step, Transport};
 
+/// A fresh ephemeral key, as the node draws one per connection.
+fn fresh() -> [u8; 32] {
+    let mut e = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut e);
+    e
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
 fn handshake(a: &Identity, b: &Identity) -> (Transport, Transport) {
-    let (mut i, first) = Handshake::initiator(a, Some(&b.public_key()));
-    let mut r = Handshake::responder(b, true);
+    let (mut i, first) = Handshake::initiator(a, Some(&b.public_key()), fresh());
+    let mut r = Handshake::responder(b, true, fresh());
     let Ok(Step::Continue(m2)) = r.handle_input(&first) else {
         panic!("message 2")
     };

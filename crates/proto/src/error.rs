@@ -76,6 +76,18 @@ pub enum ProtoError {
     /// An outgoing message would exceed the frame limit.
     #[error("outgoing {msg_type} of {len} bytes exceeds the frame limit")]
     MessageTooLarge { msg_type: &'static str, len: usize },
+    /// The Noise channel failed: a handshake that does not decrypt (wrong
+    /// key, scanner, replay, hidden node refusing a first contact), or a
+    /// transport message tampered with. Nothing is sent back.
+    #[error("encrypted channel: {0}")]
+    Noise(#[from] crate::noise::NoiseError),
+    /// The Hello's key is not the one the Noise handshake authenticated.
+    #[error("the Hello's key is not the key that opened the encrypted channel")]
+    ChannelKeyMismatch,
+    /// A first contact without the peer's key was cut off in the Noise
+    /// handshake: the node may accept only peers that know its key.
+    #[error("the peer closed the connection during a first contact without its key: it may accept only peers that know its key (add it with --pubkey)")]
+    ClosedWithoutKey,
     /// The sequence number would overflow (2^64 messages).
     #[error("sequence number exhausted")]
     SequenceExhausted,

@@ -20,6 +20,9 @@
 //! The specification is section 14 of `docs/PROTOCOL.md`.
 
 use mmogit_identity::{Identity, PublicKey};
+use snow::params::{CipherChoice, DHChoice, HashChoice};
+use snow::resolvers::{CryptoResolver, DefaultResolver};
+use snow::types::{Cipher, Dh, Hash, Random};
 use snow::{Builder, HandshakeState, TransportState};
 use zeroize::Zeroizing;
 
@@ -134,7 +137,50 @@ pub struct Handshake {
 struct Responder {
     secret: Zeroizing<[u8; 32]>,
     hidden: bool,
-    ephemeral: Option<[u8; 32]>,
+    ephemeral: Zeroizing<[u8; 32]>,
+}
+
+/// The one random value a handshake needs is its ephemeral key; the caller
+/// draws it (from the OS in the node, from a seeded generator in tests and
+/// vectors), so the handshake itself is deterministic. snow asks its
+/// resolver for a generator and takes exactly 32 bytes from it once.
+struct Resolver {
+    ephemeral: Zeroizing<[u8; 32]>,
+}
+
+/// Gives out the caller's ephemeral key once; any other request fails
+/// (snow turns that into an error, never a weak key).
+struct OneKey {
+    key: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl Random for OneKey {
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
+        match self.key.take() {
+            Some(k) if dest.len() == k.len() => {
+                dest.copy_from_slice(&k[..]);
+                Ok(())
+            }
+            _ => Err(snow::Error::Rng),
+        }
+    }
+}
+
+impl CryptoResolver for Resolver {
+    fn resolve_rng(&self) -> Option<Box<dyn Random>> {
+        Some(Box::new(OneKey {
+            key: Some(self.ephemeral.clone()),
+        }))
+    }
+    fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
+        DefaultResolver.resolve_dh(choice)
+    }
+    fn resolve_hash(&self, choice: &HashChoice) -> Option<Box<dyn Hash>> {
+        DefaultResolver.resolve_hash(choice)
+    }
+    fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
+        DefaultResolver.resolve_cipher(choice)
+    }
 }
 
 fn prologue(p: Pattern) -> Vec<u8> {
@@ -147,21 +193,21 @@ fn builder_state(
     p: Pattern,
     secret: &[u8; 32],
     remote: Option<&[u8; 32]>,
-    ephemeral: Option<&[u8; 32]>,
+    ephemeral: &Zeroizing<[u8; 32]>,
     initiator: bool,
 ) -> HandshakeState {
     let params = p.name().parse().expect("a valid Noise protocol name");
     let pro = prologue(p);
-    let mut b = Builder::new(params)
+    let resolver = Box::new(Resolver {
+        ephemeral: ephemeral.clone(),
+    });
+    let mut b = Builder::with_resolver(params, resolver)
         .local_private_key(secret)
         .expect("a 32-byte key")
         .prologue(&pro)
         .expect("set once");
     if let Some(r) = remote {
         b = b.remote_public_key(r).expect("a 32-byte key");
-    }
-    if let Some(e) = ephemeral {
-        b = b.fixed_ephemeral_key_for_testing_only(e);
     }
     if initiator {
         b.build_initiator()
@@ -184,18 +230,16 @@ pub enum Step {
 
 impl Handshake {
     /// Starts a handshake as initiator: XK with `responder`'s key, XX
-    /// without. Returns the first bytes to send.
-    pub fn initiator(me: &Identity, responder: Option<&PublicKey>) -> (Handshake, Vec<u8>) {
-        Self::initiator_with(me, responder, None)
-    }
-
-    /// [`Handshake::initiator`] with a fixed ephemeral key: for test vectors
-    /// only (a reused ephemeral key gives away forward secrecy).
-    pub fn initiator_with(
+    /// without. Returns the first bytes to send. `ephemeral` is this
+    /// handshake's ephemeral private key: 32 fresh random bytes, never
+    /// used twice (a reused one gives away forward secrecy); tests and
+    /// vectors pass fixed ones.
+    pub fn initiator(
         me: &Identity,
         responder: Option<&PublicKey>,
-        ephemeral: Option<&[u8; 32]>,
+        ephemeral: [u8; 32],
     ) -> (Handshake, Vec<u8>) {
+        let ephemeral = Zeroizing::new(ephemeral);
         let secret = me.x25519_secret();
         let remote = responder.map(|k| k.to_x25519());
         let pattern = if remote.is_some() {
@@ -203,7 +247,7 @@ impl Handshake {
         } else {
             Pattern::Xx
         };
-        let mut state = builder_state(pattern, &secret, remote.as_ref(), ephemeral, true);
+        let mut state = builder_state(pattern, &secret, remote.as_ref(), &ephemeral, true);
         let mut msg = [0u8; MAX_HANDSHAKE_MESSAGE];
         let n = state
             .write_message(&[], &mut msg)
@@ -224,13 +268,8 @@ impl Handshake {
 
     /// Waits for a handshake as responder. A `hidden` node refuses XX (a
     /// first contact from someone who does not know its key).
-    pub fn responder(me: &Identity, hidden: bool) -> Handshake {
-        Self::responder_with(me, hidden, None)
-    }
-
-    /// [`Handshake::responder`] with a fixed ephemeral key: for test
-    /// vectors only.
-    pub fn responder_with(me: &Identity, hidden: bool, ephemeral: Option<&[u8; 32]>) -> Handshake {
+    /// `ephemeral` as for [`Handshake::initiator`].
+    pub fn responder(me: &Identity, hidden: bool, ephemeral: [u8; 32]) -> Handshake {
         // No Noise state yet: it depends on the pattern the first message
         // names, and a connection that never sends one costs nothing more.
         Handshake {
@@ -240,7 +279,7 @@ impl Handshake {
             pending: Some(Responder {
                 secret: me.x25519_secret(),
                 hidden,
-                ephemeral: ephemeral.copied(),
+                ephemeral: Zeroizing::new(ephemeral),
             }),
             expected: None,
         }
@@ -269,13 +308,7 @@ impl Handshake {
                 if p == Pattern::Xx && r.hidden {
                     return Err(NoiseError::Hidden);
                 }
-                self.state = Some(builder_state(
-                    p,
-                    &r.secret,
-                    None,
-                    r.ephemeral.as_ref(),
-                    false,
-                ));
+                self.state = Some(builder_state(p, &r.secret, None, &r.ephemeral, false));
                 self.pattern = Some(p);
                 frame = rest.to_vec();
             }
@@ -339,6 +372,7 @@ impl Handshake {
             inbuf: self.inbuf,
             hash,
             remote,
+            max_message: MAX_NOISE_MESSAGE,
         })
     }
 }
@@ -349,9 +383,19 @@ pub struct Transport {
     inbuf: Vec<u8>,
     hash: [u8; 32],
     remote: [u8; 32],
+    /// Longest transport message accepted (ciphertext, tag included).
+    max_message: usize,
 }
 
 impl Transport {
+    /// Refuses transport messages longer than `max` bytes (ciphertext with
+    /// its tag; at most [`MAX_NOISE_MESSAGE`]) from now on: a session keeps
+    /// it small until the peer is authorized, so a stranger cannot make us
+    /// buffer 64 KiB.
+    pub fn set_max_message(&mut self, max: usize) {
+        self.max_message = max.min(MAX_NOISE_MESSAGE);
+    }
+
     /// The handshake hash `h`: both sides hold the same one, nobody else
     /// does. Version 2 binds the session id to it.
     pub fn handshake_hash(&self) -> [u8; 32] {
@@ -392,19 +436,46 @@ impl Transport {
     /// transport message to `out`. An error (tampering, a replayed or
     /// reordered message) ends the channel.
     pub fn decrypt(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(), NoiseError> {
+        self.push(bytes);
+        self.decrypt_buffered(out, usize::MAX).map(|_| ())
+    }
+
+    /// Keeps received bytes for [`Transport::decrypt_buffered`].
+    pub fn push(&mut self, bytes: &[u8]) {
         self.inbuf.extend_from_slice(bytes);
+    }
+
+    /// Decrypts up to `max_messages` complete transport messages of the
+    /// bytes received so far, appending their plaintext to `out`; returns
+    /// how many. A session takes them one at a time until the peer is
+    /// authorized, since the size limit changes then.
+    pub fn decrypt_buffered(
+        &mut self,
+        out: &mut Vec<u8>,
+        max_messages: usize,
+    ) -> Result<usize, NoiseError> {
         // Walk the whole messages, then drop them from the buffer at once
         // (dropping each in turn would move the rest every time); each
         // plaintext is written in place at the end of `out`.
         let mut at = 0;
+        let mut count = 0;
         let result = loop {
+            if count == max_messages {
+                break Ok(count);
+            }
             let rest = &self.inbuf[at..];
             if rest.len() < 2 {
-                break Ok(());
+                break Ok(count);
             }
             let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            if len > self.max_message {
+                break Err(NoiseError::TooLong {
+                    len,
+                    max: self.max_message,
+                });
+            }
             if rest.len() < 2 + len {
-                break Ok(());
+                break Ok(count);
             }
             if len < TAG_LEN {
                 break Err(NoiseError::Decrypt("shorter than its tag".into()));
@@ -422,8 +493,13 @@ impl Transport {
                 }
             }
             at += 2 + len;
+            count += 1;
         };
         self.inbuf.drain(..at);
+        if self.inbuf.is_empty() {
+            // An idle channel holds no input buffer.
+            self.inbuf = Vec::new();
+        }
         result
     }
 

@@ -29,20 +29,27 @@ use mmogit_identity::{Identity, PublicKey, Signature};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::codec::{encode_frame, FrameDecoder, RawMessage, MAX_FRAME_LEN, PRE_AUTH_MAX_FRAME_LEN};
+use crate::codec::{
+    encode_frame, FrameDecoder, RawMessage, HEADER_LEN, MAX_FRAME_LEN, PRE_AUTH_MAX_FRAME_LEN,
+};
 use crate::error::ProtoError;
 use crate::message::{
     reasons, Bye, Hello, Message, MsgType, MAX_PING_LEN, MAX_REASON_LEN, NONCE_LEN, PROTOCOL_NAME,
 };
+use crate::noise::{self, Handshake, Pattern, Step, Transport};
 
 /// Domain of the Hello signature.
 pub const HELLO_DOMAIN: &[u8] = b"mmogit-hello-v1\0";
-/// Domain of the session id hash.
-pub const SESSION_DOMAIN: &[u8] = b"mmogit-session-v1\0";
+/// Domain of the session id hash (version 2: it covers the Noise
+/// handshake hash too).
+pub const SESSION_DOMAIN: &[u8] = b"mmogit-session-v2\0";
 /// Domain of every signature after Hello.
 pub const MSG_DOMAIN: &[u8] = b"mmogit-msg-v1\0";
 /// Protocol versions this implementation speaks.
-pub const PROTOCOL_VERSIONS: &[u32] = &[1];
+pub const PROTOCOL_VERSIONS: &[u32] = &[2];
+/// Longest Noise transport message accepted before the peer is authorized:
+/// one pre-authentication frame, its header and the tag.
+pub const PRE_AUTH_MAX_NOISE_MESSAGE: usize = PRE_AUTH_MAX_FRAME_LEN + HEADER_LEN + noise::TAG_LEN;
 /// Length of the authentication Ping payload.
 pub const AUTH_PING_LEN: usize = 32;
 /// Length of heartbeat Ping payloads.
@@ -98,6 +105,9 @@ pub struct SessionConfig {
     /// Largest frame body accepted once the session is established (at most
     /// 10 MiB); before that, at most [`PRE_AUTH_MAX_FRAME_LEN`].
     pub max_frame_len: usize,
+    /// Acceptor: refuse a first contact from someone who does not know our
+    /// key (the Noise XX pattern); only XK, which proves it, is answered.
+    pub hidden: bool,
 }
 
 impl Default for SessionConfig {
@@ -112,6 +122,7 @@ impl Default for SessionConfig {
             heartbeat_interval: Duration::from_secs(30),
             frame_timeout: Duration::from_secs(30),
             max_frame_len: MAX_FRAME_LEN,
+            hidden: false,
         }
     }
 }
@@ -166,8 +177,29 @@ pub enum Event {
     Closed(CloseReason),
 }
 
+/// Something queued for the peer.
+enum Out {
+    /// Noise handshake bytes, sent as they are.
+    Raw(Vec<u8>),
+    /// A frame, encrypted when it is taken (so transport nonces follow the
+    /// order of the wire).
+    Frame(Vec<u8>),
+}
+
+/// The encrypted channel under the frames.
+enum Channel {
+    /// The Noise handshake is running; nothing but its messages flows.
+    Handshake(Box<Handshake>),
+    /// Frames flow inside Noise transport messages.
+    Transport(Box<Transport>),
+    /// Torn down (the handshake failed).
+    Gone,
+}
+
 #[derive(Debug)]
 enum State {
+    /// The Noise handshake has not finished.
+    AwaitChannel,
     AwaitHello,
     /// Initiator: waiting for the Pong to our authentication Ping.
     AwaitPong {
@@ -186,6 +218,7 @@ enum State {
 impl State {
     fn name(&self) -> &'static str {
         match self {
+            State::AwaitChannel => "in the Noise handshake",
             State::AwaitHello => "awaiting Hello",
             State::AwaitPong { .. } => "awaiting the authentication Pong",
             State::AwaitPing => "awaiting the authentication Ping",
@@ -203,6 +236,10 @@ pub struct Session {
     config: Arc<SessionConfig>,
     expected: Option<PublicKey>,
     rng: Box<dyn RngCore + Send>,
+    channel: Channel,
+    /// The Noise handshake hash, once the channel is up.
+    handshake_hash: Option<[u8; 32]>,
+    pattern: Option<Pattern>,
     decoder: FrameDecoder,
     state: State,
     /// Our Hello payload, kept until the session id is computed.
@@ -213,7 +250,10 @@ pub struct Session {
     recv_seq: u64,
     /// Frames whose signatures were checked in a batch (the rest one by one).
     batch_verified: u64,
-    transmit: VecDeque<Vec<u8>>,
+    transmit: VecDeque<Out>,
+    /// Tests: every frame sent, in plaintext.
+    #[cfg(test)]
+    sent_log: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     created: Instant,
     last_recv: Instant,
@@ -239,11 +279,18 @@ pub fn hello_signed_bytes(payload: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Session id: `SHA-256("mmogit-session-v1\0" || u32be(len(I)) || I || u32be(len(A)) || A)`
-/// over the initiator's and acceptor's Hello payload bytes, as received.
-pub fn compute_session_id(initiator_hello: &[u8], acceptor_hello: &[u8]) -> [u8; 32] {
+/// Session id: `SHA-256("mmogit-session-v2\0" || h || u32be(len(I)) || I || u32be(len(A)) || A)`
+/// over the Noise handshake hash `h` (32 bytes) and the initiator's and
+/// acceptor's Hello payload bytes, as received. Every signature after Hello
+/// covers it, so a signed message belongs to one Noise channel only.
+pub fn compute_session_id(
+    handshake_hash: &[u8; 32],
+    initiator_hello: &[u8],
+    acceptor_hello: &[u8],
+) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(SESSION_DOMAIN);
+    h.update(handshake_hash);
     h.update((initiator_hello.len() as u32).to_be_bytes());
     h.update(initiator_hello);
     h.update((acceptor_hello.len() as u32).to_be_bytes());
@@ -302,9 +349,12 @@ pub fn bye_reason_for(err: &ProtoError) -> String {
 }
 
 impl Session {
-    /// The side that opened the connection. `expected_pubkey`, when given,
-    /// must match the acceptor's Hello ([`ProtoError::WrongPubkey`] otherwise).
-    /// Our Hello is queued at once.
+    /// The side that opened the connection. With `expected_pubkey` the
+    /// channel is Noise XK to that key (only its holder can answer), and
+    /// the acceptor's Hello must carry it ([`ProtoError::WrongPubkey`]
+    /// otherwise); without, Noise XX, which a hidden node refuses. The
+    /// first handshake message is queued at once; the ephemeral key is
+    /// drawn from `rng`.
     pub fn initiator(
         identity: Arc<Identity>,
         config: Arc<SessionConfig>,
@@ -324,7 +374,8 @@ impl Session {
         )
     }
 
-    /// The side that accepted the connection. Our Hello is queued at once.
+    /// The side that accepted the connection. Nothing is sent until the
+    /// initiator's first handshake message proves it may talk to us.
     pub fn acceptor(
         identity: Arc<Identity>,
         config: Arc<SessionConfig>,
@@ -341,7 +392,7 @@ impl Session {
         config: Arc<SessionConfig>,
         expected: Option<PublicKey>,
         nonce: [u8; NONCE_LEN],
-        rng: Box<dyn RngCore + Send>,
+        mut rng: Box<dyn RngCore + Send>,
         now: Instant,
     ) -> Session {
         let hello = Hello {
@@ -354,19 +405,28 @@ impl Session {
             capabilities: config.capabilities.clone(),
         };
         let payload = Message::Hello(hello).encode_payload();
-        let sig = identity.sign(&hello_signed_bytes(&payload));
-        let frame = encode_frame(MsgType::Hello, &payload, &sig.to_bytes())
-            .expect("a Hello is far below the frame limit");
-        let mut transmit = VecDeque::with_capacity(1);
-        transmit.push_back(frame);
+        let mut ephemeral = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut ephemeral[..]);
+        let mut transmit = VecDeque::new();
+        let handshake = match role {
+            Role::Initiator => {
+                let (hs, first) = Handshake::initiator(&identity, expected.as_ref(), *ephemeral);
+                transmit.push_back(Out::Raw(first));
+                hs
+            }
+            Role::Acceptor => Handshake::responder(&identity, config.hidden, *ephemeral),
+        };
         Session {
             role,
+            channel: Channel::Handshake(Box::new(handshake)),
+            handshake_hash: None,
+            pattern: None,
             decoder: FrameDecoder::new(config.max_frame_len.min(PRE_AUTH_MAX_FRAME_LEN)),
             identity,
             config,
             expected,
             rng,
-            state: State::AwaitHello,
+            state: State::AwaitChannel,
             own_hello: payload,
             peer: None,
             session_id: None,
@@ -374,6 +434,8 @@ impl Session {
             recv_seq: 0,
             batch_verified: 0,
             transmit,
+            #[cfg(test)]
+            sent_log: Vec::new(),
             events: VecDeque::new(),
             created: now,
             last_recv: now,
@@ -393,6 +455,7 @@ impl Session {
     }
 
     /// The session id, once both Hellos are known.
+    /// (Version 2: it covers the Noise handshake hash.)
     pub fn session_id(&self) -> Option<&[u8; 32]> {
         self.session_id.as_ref()
     }
@@ -407,18 +470,49 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
-    /// Heap bytes held by the input decoder (0 between frames).
+    /// Heap bytes held for input: the frame decoder's and the channel's
+    /// (0 between frames).
     pub fn buffered_input(&self) -> usize {
-        self.decoder.capacity()
+        let channel = match &self.channel {
+            Channel::Transport(t) => t.buffered(),
+            _ => 0,
+        };
+        self.decoder.capacity() + channel
     }
 
-    /// The next frame to write, whole, in one write.
+    /// The Noise pattern of the channel, once the handshake is done
+    /// ([`Pattern::Xk`] when the initiator knew the acceptor's key).
+    pub fn pattern(&self) -> Option<Pattern> {
+        self.pattern
+    }
+
+    /// The Noise handshake hash, once the channel is up.
+    pub fn handshake_hash(&self) -> Option<&[u8; 32]> {
+        self.handshake_hash.as_ref()
+    }
+
+    /// The next bytes to write, whole (a handshake message, or the
+    /// transport messages of one frame).
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        let f = self.transmit.pop_front();
+        let out = self.transmit.pop_front();
         if self.transmit.is_empty() && self.transmit.capacity() > 4 {
             self.transmit = VecDeque::new();
         }
-        f
+        match out? {
+            Out::Raw(bytes) => Some(bytes),
+            Out::Frame(frame) => {
+                let Channel::Transport(t) = &mut self.channel else {
+                    return None;
+                };
+                let pieces = frame.len().div_ceil(noise::MAX_PLAINTEXT).max(1);
+                let mut wire = Vec::with_capacity(frame.len() + pieces * (2 + noise::TAG_LEN));
+                // Fails only when 2^64 messages have been sent.
+                t.encrypt(&frame, &mut wire).ok()?;
+                #[cfg(test)]
+                self.sent_log.push(frame);
+                Some(wire)
+            }
+        }
     }
 
     /// How many received frames had their signatures checked in a batch
@@ -440,12 +534,149 @@ impl Session {
 
     /// Feeds received bytes (any split). On error the session is closed, a
     /// signed Bye is queued when a session id exists, and `Closed(Error)` is
-    /// queued as an event; the error is returned too.
+    /// queued as an event; the error is returned too. A failed Noise
+    /// handshake sends nothing at all.
     pub fn handle_input(&mut self, now: Instant, mut data: &[u8]) -> Result<(), ProtoError> {
         if self.is_closed() || data.is_empty() {
             return Ok(());
         }
         self.last_recv = now;
+        if let Channel::Handshake(hs) = &mut self.channel {
+            match hs.handle_input(data) {
+                Err(e) => return self.fail(now, ProtoError::Noise(e)),
+                Ok(Step::Continue(out)) => {
+                    self.push_raw(now, out);
+                    return Ok(());
+                }
+                Ok(Step::Done(out)) => {
+                    self.push_raw(now, out);
+                    if let Err(e) = self.open_channel(now) {
+                        return self.fail(now, e);
+                    }
+                }
+            }
+            // What followed the last handshake message is in the transport.
+            data = &[];
+        }
+        let Channel::Transport(t) = &mut self.channel else {
+            return Ok(());
+        };
+        t.push(data);
+        let mut plain = Vec::new();
+        while !self.is_closed() {
+            let established = self.is_established();
+            let Channel::Transport(t) = &mut self.channel else {
+                break;
+            };
+            // Until the peer is authorized, one small message at a time:
+            // the limit rises only once the handshake is done.
+            let (max, count) = if established {
+                (noise::MAX_NOISE_MESSAGE, usize::MAX)
+            } else {
+                (PRE_AUTH_MAX_NOISE_MESSAGE, 1)
+            };
+            t.set_max_message(max);
+            plain.clear();
+            match t.decrypt_buffered(&mut plain, count) {
+                Err(e) => return self.fail(now, ProtoError::Noise(e)),
+                Ok(0) => break,
+                Ok(_) => self.on_plain(now, &plain)?,
+            }
+        }
+        let partial = match &self.channel {
+            Channel::Transport(t) => t.buffered() > 0,
+            _ => false,
+        };
+        if (partial || self.decoder.in_frame()) && self.frame_started.is_none() {
+            self.frame_started = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Queues handshake bytes as they are (they are their own protection).
+    fn push_raw(&mut self, now: Instant, bytes: Vec<u8>) {
+        if !bytes.is_empty() {
+            self.transmit.push_back(Out::Raw(bytes));
+            self.last_send = now;
+        }
+    }
+
+    /// The Noise handshake is complete: switch to transport messages and
+    /// send our Hello inside them.
+    fn open_channel(&mut self, now: Instant) -> Result<(), ProtoError> {
+        let Channel::Handshake(hs) = std::mem::replace(&mut self.channel, Channel::Gone) else {
+            return Err(ProtoError::InvalidSend("a second handshake"));
+        };
+        let pattern = hs.pattern();
+        let t = hs.into_transport().map_err(ProtoError::Noise)?;
+        self.handshake_hash = Some(t.handshake_hash());
+        self.pattern = pattern;
+        self.channel = Channel::Transport(Box::new(t));
+        self.state = State::AwaitHello;
+        let sig = self.identity.sign(&hello_signed_bytes(&self.own_hello));
+        let frame = encode_frame(MsgType::Hello, &self.own_hello, &sig.to_bytes())?;
+        self.push_frame(now, frame)
+    }
+
+    /// Queues a frame for the channel (encrypted by [`Session::poll_transmit`]).
+    fn push_frame(&mut self, now: Instant, frame: Vec<u8>) -> Result<(), ProtoError> {
+        if !matches!(self.channel, Channel::Transport(_)) {
+            return Err(ProtoError::NotEstablished);
+        }
+        self.transmit.push_back(Out::Frame(frame));
+        self.last_send = now;
+        Ok(())
+    }
+
+    /// Tests: the next queued frame in plaintext, taken without encrypting
+    /// it (deliver it with [`Session::handle_plain`], which skips
+    /// decryption, so both channel ends stay in step).
+    #[cfg(test)]
+    pub(crate) fn poll_plain(&mut self) -> Option<Vec<u8>> {
+        match self.transmit.pop_front()? {
+            Out::Frame(f) => Some(f),
+            Out::Raw(_) => panic!("handshake bytes queued: use poll_transmit"),
+        }
+    }
+
+    /// Tests: whether the next queued bytes belong to the Noise handshake.
+    #[cfg(test)]
+    pub(crate) fn next_is_raw(&self) -> bool {
+        matches!(self.transmit.front(), Some(Out::Raw(_)))
+    }
+
+    /// Tests: frames sent so far through [`Session::poll_transmit`], in
+    /// plaintext.
+    #[cfg(test)]
+    pub(crate) fn take_sent_log(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.sent_log)
+    }
+
+    /// Tests: plaintext frame bytes as if they had come out of the channel.
+    #[cfg(test)]
+    pub(crate) fn handle_plain(&mut self, now: Instant, data: &[u8]) -> Result<(), ProtoError> {
+        assert!(matches!(self.channel, Channel::Transport(_)));
+        if self.is_closed() || data.is_empty() {
+            return Ok(());
+        }
+        self.last_recv = now;
+        self.on_plain(now, data)?;
+        if self.decoder.in_frame() && self.frame_started.is_none() {
+            self.frame_started = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Hostile-peer tests: sends `bytes` inside the channel as they are,
+    /// unsigned and unchecked (a forged frame, a cut one, garbage). Nothing
+    /// else uses it; a peer can only harm its own session with it.
+    #[doc(hidden)]
+    pub fn send_raw_for_tests(&mut self, now: Instant, bytes: &[u8]) -> Result<(), ProtoError> {
+        self.push_frame(now, bytes.to_vec())
+    }
+
+    /// Frames of decrypted bytes.
+    fn on_plain(&mut self, now: Instant, mut data: &[u8]) -> Result<(), ProtoError> {
         // Every frame completed by this input, then the first decoding error
         // (if any): frames before the error are processed first, as if they
         // had arrived alone.
@@ -483,9 +714,6 @@ impl Session {
                 }
             }
         }
-        if self.decoder.in_frame() && self.frame_started.is_none() {
-            self.frame_started = Some(now);
-        }
         Ok(())
     }
 
@@ -494,6 +722,26 @@ impl Session {
     pub fn handle_eof(&mut self, now: Instant) {
         if self.is_closed() {
             return;
+        }
+        if let Channel::Handshake(hs) = &self.channel {
+            // An initiator without the key, cut off in the handshake: most
+            // likely a node that accepts only peers that know its key.
+            if self.role == Role::Initiator && hs.pattern() == Some(Pattern::Xx) {
+                let _ = self.fail(now, ProtoError::ClosedWithoutKey);
+                return;
+            }
+        }
+        if let Channel::Transport(t) = &self.channel {
+            if t.buffered() > 0 {
+                let _ = self.fail(
+                    now,
+                    ProtoError::Truncated {
+                        have: t.buffered(),
+                        need: t.buffered() + 1,
+                    },
+                );
+                return;
+            }
         }
         if let Err(e) = self.decoder.finish() {
             let _ = self.fail(now, e);
@@ -682,9 +930,7 @@ impl Session {
             .sign(&signed_bytes(&sid, self.role, seq, msg_type, payload));
         let frame = encode_frame(msg_type, payload, &sig.to_bytes())?;
         self.send_seq = next;
-        self.transmit.push_back(frame);
-        self.last_send = now;
-        Ok(())
+        self.push_frame(now, frame)
     }
 
     /// Processes complete frames in order, stopping when the session closes.
@@ -858,6 +1104,14 @@ impl Session {
                 msg_type: "Hello",
                 reason: format!("pubkey: {e}"),
             })?;
+        // The key in the Hello must be the one the Noise handshake
+        // authenticated: its holder is at the other end of this channel.
+        let Channel::Transport(t) = &self.channel else {
+            return Err(ProtoError::NotEstablished);
+        };
+        if !t.is_peer(&pubkey) {
+            return Err(ProtoError::ChannelKeyMismatch);
+        }
         pubkey
             .verify(
                 &hello_signed_bytes(&raw.payload),
@@ -865,9 +1119,12 @@ impl Session {
             )
             .map_err(|_| ProtoError::BadSignature { msg_type: "Hello" })?;
         let own = std::mem::take(&mut self.own_hello);
+        let h = self
+            .handshake_hash
+            .expect("a Hello is read only inside the channel");
         let sid = match self.role {
-            Role::Initiator => compute_session_id(&own, &raw.payload),
-            Role::Acceptor => compute_session_id(&raw.payload, &own),
+            Role::Initiator => compute_session_id(&h, &own, &raw.payload),
+            Role::Acceptor => compute_session_id(&h, &raw.payload, &own),
         };
         self.session_id = Some(sid);
         if let Some(expected) = self.expected {

@@ -2,6 +2,13 @@ use super::*;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
+/// A fresh ephemeral key, as the node draws one per connection.
+fn fresh() -> [u8; 32] {
+    let mut e = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut e);
+    e
+}
+
 fn id(n: u8) -> Identity {
     Identity::from_secret_bytes(&[n; 32])
 }
@@ -47,9 +54,9 @@ fn deliver(t: &mut Transport, bytes: &[u8], rng: &mut StdRng) -> Vec<u8> {
 #[test]
 fn xk_with_the_right_key_gives_both_sides_one_channel() {
     let (a, b) = (id(1), id(2));
-    let (i, first) = Handshake::initiator(&a, Some(&b.public_key()));
+    let (i, first) = Handshake::initiator(&a, Some(&b.public_key()), fresh());
     assert_eq!(first[2], Pattern::Xk as u8);
-    let (mut ti, mut tr) = complete(i, first, Handshake::responder(&b, true));
+    let (mut ti, mut tr) = complete(i, first, Handshake::responder(&b, true, fresh()));
     assert_eq!(ti.handshake_hash(), tr.handshake_hash());
     assert!(ti.is_peer(&b.public_key()) && tr.is_peer(&a.public_key()));
     assert!(!tr.is_peer(&b.public_key()));
@@ -72,8 +79,8 @@ fn xk_with_the_right_key_gives_both_sides_one_channel() {
 #[test]
 fn transport_data_in_the_same_read_as_the_last_handshake_message_is_kept() {
     let (a, b) = (id(1), id(2));
-    let (mut i, first) = Handshake::initiator(&a, Some(&b.public_key()));
-    let mut r = Handshake::responder(&b, true);
+    let (mut i, first) = Handshake::initiator(&a, Some(&b.public_key()), fresh());
+    let mut r = Handshake::responder(&b, true, fresh());
     let Step::Continue(m2) = r.handle_input(&first).unwrap() else {
         panic!()
     };
@@ -94,8 +101,8 @@ fn xk_for_another_key_gets_nothing_back() {
     // The initiator dials B's address believing it is C: B cannot decrypt
     // the first message and answers nothing.
     let (a, b, c) = (id(1), id(2), id(3));
-    let (_, first) = Handshake::initiator(&a, Some(&c.public_key()));
-    let mut r = Handshake::responder(&b, false);
+    let (_, first) = Handshake::initiator(&a, Some(&c.public_key()), fresh());
+    let mut r = Handshake::responder(&b, false, fresh());
     assert!(matches!(
         r.handle_input(&first),
         Err(NoiseError::Decrypt(_))
@@ -105,12 +112,12 @@ fn xk_for_another_key_gets_nothing_back() {
 #[test]
 fn a_hidden_node_refuses_first_contact_and_an_open_one_reveals_its_key() {
     let (a, b) = (id(1), id(2));
-    let (_, first) = Handshake::initiator(&a, None);
+    let (_, first) = Handshake::initiator(&a, None, fresh());
     assert_eq!(first[2], Pattern::Xx as u8);
-    let mut hidden = Handshake::responder(&b, true);
+    let mut hidden = Handshake::responder(&b, true, fresh());
     assert_eq!(hidden.handle_input(&first), Err(NoiseError::Hidden));
-    let (i, first) = Handshake::initiator(&a, None);
-    let (ti, tr) = complete(i, first, Handshake::responder(&b, false));
+    let (i, first) = Handshake::initiator(&a, None, fresh());
+    let (ti, tr) = complete(i, first, Handshake::responder(&b, false, fresh()));
     assert!(ti.is_peer(&b.public_key()));
     assert!(tr.is_peer(&a.public_key()));
 }
@@ -135,12 +142,12 @@ fn scanners_get_an_error_and_no_bytes() {
         vec![0xff, 0xff, 1],
     ];
     for bytes in cases {
-        let mut r = Handshake::responder(&b, true);
+        let mut r = Handshake::responder(&b, true, fresh());
         let res = r.handle_input(&bytes);
         assert!(res.is_err(), "{bytes:?}: {res:?}");
     }
     // Nothing at all: no output while waiting.
-    let mut r = Handshake::responder(&b, true);
+    let mut r = Handshake::responder(&b, true, fresh());
     assert_eq!(r.handle_input(&[]).unwrap(), Step::Continue(vec![]));
 }
 
@@ -151,12 +158,12 @@ fn a_man_in_the_middle_completes_neither_handshake() {
     // authenticates M, not A, and A's handshake (bound to B's key) does
     // not finish with M's messages.
     let (a, b, m) = (id(1), id(2), id(6));
-    let (mut ia, first_a) = Handshake::initiator(&a, Some(&b.public_key()));
-    let mut rm = Handshake::responder(&m, false);
+    let (mut ia, first_a) = Handshake::initiator(&a, Some(&b.public_key()), fresh());
+    let mut rm = Handshake::responder(&m, false, fresh());
     assert!(rm.handle_input(&first_a).is_err());
     // M answers A as if it were B, from a handshake of its own with B.
-    let (_, first_m) = Handshake::initiator(&m, Some(&b.public_key()));
-    let mut rb = Handshake::responder(&b, true);
+    let (_, first_m) = Handshake::initiator(&m, Some(&b.public_key()), fresh());
+    let mut rb = Handshake::responder(&b, true, fresh());
     let Step::Continue(m2) = rb.handle_input(&first_m).unwrap() else {
         panic!()
     };
@@ -169,35 +176,35 @@ fn a_man_in_the_middle_completes_neither_handshake() {
 #[test]
 fn a_replayed_first_message_gets_nothing_usable() {
     let (a, b, e) = (id(1), id(2), id(7));
-    let (_, first) = Handshake::initiator(&a, Some(&b.public_key()));
-    let mut r1 = Handshake::responder(&b, true);
+    let (_, first) = Handshake::initiator(&a, Some(&b.public_key()), fresh());
+    let mut r1 = Handshake::responder(&b, true, fresh());
     let Step::Continue(_) = r1.handle_input(&first).unwrap() else {
         panic!()
     };
     // Replayed to a fresh responder, the message gets an answer (Noise XK
     // cannot tell), but the replayer cannot finish: it lacks A's keys.
-    let mut r2 = Handshake::responder(&b, true);
+    let mut r2 = Handshake::responder(&b, true, fresh());
     let Step::Continue(m2) = r2.handle_input(&first).unwrap() else {
         panic!()
     };
     assert!(!m2.is_empty());
-    let (_, forged) = Handshake::initiator(&e, Some(&b.public_key()));
+    let (_, forged) = Handshake::initiator(&e, Some(&b.public_key()), fresh());
     assert!(r2.handle_input(&forged[..]).is_err());
 }
 
 #[test]
 fn a_changed_replayed_or_dropped_transport_message_ends_the_channel() {
     let (a, b) = (id(1), id(2));
-    let (i, first) = Handshake::initiator(&a, Some(&b.public_key()));
-    let (mut ti, tr) = complete(i, first, Handshake::responder(&b, true));
+    let (i, first) = Handshake::initiator(&a, Some(&b.public_key()), fresh());
+    let (mut ti, tr) = complete(i, first, Handshake::responder(&b, true, fresh()));
     let mut m1 = vec![];
     ti.encrypt(b"first", &mut m1).unwrap();
     let mut m2 = vec![];
     ti.encrypt(b"second", &mut m2).unwrap();
     // Each byte flipped in turn.
     for k in 0..m1.len() {
-        let (i2, f2) = Handshake::initiator(&a, Some(&b.public_key()));
-        let (mut t1, mut t2) = complete(i2, f2, Handshake::responder(&b, true));
+        let (i2, f2) = Handshake::initiator(&a, Some(&b.public_key()), fresh());
+        let (mut t1, mut t2) = complete(i2, f2, Handshake::responder(&b, true, fresh()));
         let mut m = vec![];
         t1.encrypt(b"first", &mut m).unwrap();
         m[k] ^= 0x40;
@@ -211,8 +218,8 @@ fn a_changed_replayed_or_dropped_transport_message_ends_the_channel() {
     let mut tr2 = tr;
     tr2.decrypt(&m1, &mut out).unwrap();
     assert!(tr2.decrypt(&m1, &mut out).is_err(), "a replay");
-    let (i3, f3) = Handshake::initiator(&a, Some(&b.public_key()));
-    let (mut t1, mut t2) = complete(i3, f3, Handshake::responder(&b, true));
+    let (i3, f3) = Handshake::initiator(&a, Some(&b.public_key()), fresh());
+    let (mut t1, mut t2) = complete(i3, f3, Handshake::responder(&b, true, fresh()));
     let mut skip = vec![];
     t1.encrypt(b"one", &mut skip).unwrap();
     let mut next = vec![];
@@ -249,9 +256,8 @@ fn make_vectors() -> serde_json::Value {
             Identity::from_secret_bytes(&rs),
         );
         let rk = r.public_key();
-        let (mut hi, m1) =
-            Handshake::initiator_with(&i, (pattern == "XK").then_some(&rk), Some(&[ie; 32]));
-        let mut hr = Handshake::responder_with(&r, false, Some(&[re; 32]));
+        let (mut hi, m1) = Handshake::initiator(&i, (pattern == "XK").then_some(&rk), [ie; 32]);
+        let mut hr = Handshake::responder(&r, false, [re; 32]);
         let Step::Continue(m2) = hr.handle_input(&m1).unwrap() else {
             panic!()
         };
@@ -296,7 +302,7 @@ proptest::proptest! {
         hidden in proptest::prelude::any::<bool>(),
     ) {
         let b = id(2);
-        let mut r = Handshake::responder(&b, hidden);
+        let mut r = Handshake::responder(&b, hidden, fresh());
         for chunk in data.chunks(split) {
             match r.handle_input(chunk) {
                 // An open node answers a well-formed XX first message (no
@@ -306,8 +312,8 @@ proptest::proptest! {
                 Err(_) => break,
             }
         }
-        let (i, first) = Handshake::initiator(&id(1), Some(&b.public_key()));
-        let (_, mut t) = complete(i, first, Handshake::responder(&b, true));
+        let (i, first) = Handshake::initiator(&id(1), Some(&b.public_key()), fresh());
+        let (_, mut t) = complete(i, first, Handshake::responder(&b, true, fresh()));
         let mut out = vec![];
         for chunk in data.chunks(split) {
             if t.decrypt(chunk, &mut out).is_err() {

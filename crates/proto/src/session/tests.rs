@@ -1,5 +1,6 @@
 use super::*;
 use crate::message::{MemoryRequest, MemoryResponse};
+use crate::noise::NoiseError;
 use proptest::prelude::*;
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -42,6 +43,11 @@ struct Pair {
     now: Instant,
     i_events: Vec<Event>,
     a_events: Vec<Event>,
+    /// Whether the acceptor authorizes every key.
+    auto_accept: bool,
+    /// Every byte that went over the wire each way.
+    ia_wire: Vec<Vec<u8>>,
+    ai_wire: Vec<Vec<u8>>,
 }
 
 impl Pair {
@@ -71,29 +77,33 @@ impl Pair {
             now,
             i_events: vec![],
             a_events: vec![],
+            auto_accept: true,
+            ia_wire: vec![],
+            ai_wire: vec![],
         }
     }
 
-    /// Moves bytes both ways until quiet; returns frames sent i→a and a→i.
+    /// Moves bytes both ways until quiet, through the real channel;
+    /// returns the frames (plaintext, handshake messages left out) sent
+    /// i→a and a→i.
     fn run(&mut self) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-        let (mut ia, mut ai) = (vec![], vec![]);
         for _ in 0..100 {
             let mut moved = false;
             while let Some(f) = self.i.poll_transmit() {
                 let _ = self.a.handle_input(self.now, &f);
-                ia.push(f);
+                self.ia_wire.push(f);
                 moved = true;
             }
             while let Some(f) = self.a.poll_transmit() {
                 let _ = self.i.handle_input(self.now, &f);
-                ai.push(f);
+                self.ai_wire.push(f);
                 moved = true;
             }
             while let Some(e) = self.i.poll_event() {
                 self.i_events.push(e);
             }
             while let Some(e) = self.a.poll_event() {
-                if matches!(e, Event::AuthorizationRequired(_)) {
+                if self.auto_accept && matches!(e, Event::AuthorizationRequired(_)) {
                     self.a.accept(self.now).unwrap();
                     moved = true;
                 }
@@ -103,8 +113,85 @@ impl Pair {
                 break;
             }
         }
-        (ia, ai)
+        (self.i.take_sent_log(), self.a.take_sent_log())
     }
+
+    /// Runs the Noise handshake only: both channels are up and each side's
+    /// Hello is queued, not sent.
+    fn noise(&mut self) {
+        loop {
+            let mut moved = false;
+            while self.i.next_is_raw() {
+                let b = self.i.poll_transmit().unwrap();
+                self.a.handle_input(self.now, &b).unwrap();
+                moved = true;
+            }
+            while self.a.next_is_raw() {
+                let b = self.a.poll_transmit().unwrap();
+                self.i.handle_input(self.now, &b).unwrap();
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+        }
+        assert!(self.i.handshake_hash().is_some() && self.a.handshake_hash().is_some());
+    }
+}
+
+/// An acceptor (key `me`) whose Noise handshake (XK) with a hand-driven
+/// initiator of key `peer` is complete: it awaits a Hello, which the test
+/// writes by hand (through the returned transport, or with
+/// `handle_plain`). Its own Hello has been taken.
+fn channel_acceptor(me: u8, peer: u8) -> (Session, Transport) {
+    let now = Instant::now();
+    let mut a = Session::acceptor(id(me), cfg(), [0; 32], Box::new(FillRng(1)), now);
+    let (mut hs, first) = Handshake::initiator(&id(peer), Some(&id(me).public_key()), [5; 32]);
+    a.handle_input(now, &first).unwrap();
+    let second = a.poll_transmit().unwrap();
+    let Step::Done(third) = hs.handle_input(&second).unwrap() else {
+        panic!("XK: the initiator finishes on the second message")
+    };
+    a.handle_input(now, &third).unwrap();
+    let mut t = hs.into_transport().unwrap();
+    // Its Hello, decrypted like a peer would.
+    let mut hello = vec![];
+    t.decrypt(&a.poll_transmit().unwrap(), &mut hello).unwrap();
+    assert!(RawMessage::from_body(&hello[4..]).unwrap().msg_type == MsgType::Hello);
+    (a, t)
+}
+
+/// An initiator (key `me`) that dialled a hand-driven acceptor of key
+/// `peer` (XK); the Noise handshake is complete and its Hello taken.
+fn channel_initiator(me: u8, peer: u8) -> (Session, Transport) {
+    let now = Instant::now();
+    let mut i = Session::initiator(
+        id(me),
+        cfg(),
+        Some(id(peer).public_key()),
+        [0; 32],
+        Box::new(FillRng(1)),
+        now,
+    );
+    let mut hs = Handshake::responder(&id(peer), false, [6; 32]);
+    let Step::Continue(second) = hs.handle_input(&i.poll_transmit().unwrap()).unwrap() else {
+        panic!("XK: the responder answers the first message")
+    };
+    i.handle_input(now, &second).unwrap();
+    let third = i.poll_transmit().unwrap();
+    assert!(matches!(hs.handle_input(&third).unwrap(), Step::Done(_)));
+    let mut t = hs.into_transport().unwrap();
+    let mut hello = vec![];
+    t.decrypt(&i.poll_transmit().unwrap(), &mut hello).unwrap();
+    assert!(RawMessage::from_body(&hello[4..]).unwrap().msg_type == MsgType::Hello);
+    (i, t)
+}
+
+/// `frame` encrypted by `t`, as the peer would send it.
+fn sealed(t: &mut Transport, frame: &[u8]) -> Vec<u8> {
+    let mut out = vec![];
+    t.encrypt(frame, &mut out).unwrap();
+    out
 }
 
 fn bye_reason(frames: &[Vec<u8>]) -> Option<String> {
@@ -136,7 +223,7 @@ fn full_handshake_then_messages() {
         matches!(&p.a_events[0], Event::AuthorizationRequired(peer) if peer.pubkey == id(1).public_key())
     );
     assert!(
-        matches!(&p.i_events[0], Event::Authenticated { peer, .. } if peer.pubkey == id(2).public_key() && peer.version == 1)
+        matches!(&p.i_events[0], Event::Authenticated { peer, .. } if peer.pubkey == id(2).public_key() && peer.version == 2)
     );
     assert!(
         matches!(&p.a_events[1], Event::Authenticated { peer, .. } if peer.agent == "mmogit/test")
@@ -189,7 +276,7 @@ fn no_send_before_authentication() {
 fn test_hello() -> Hello {
     Hello {
         protocol: "mmogit".into(),
-        versions: vec![1],
+        versions: vec![2],
         pubkey: id(9).public_key().to_hex(),
         nonce: B64.encode([0u8; 32]),
         agent: "x".into(),
@@ -201,51 +288,44 @@ fn test_hello() -> Hello {
 #[test]
 fn untrusted_key_gets_not_authorized() {
     let mut p = Pair::new(1, 2, None);
-    // Hellos, then the Ping reaches the acceptor.
-    let f = p.i.poll_transmit().unwrap();
-    p.a.handle_input(p.now, &f).unwrap();
-    let f = p.a.poll_transmit().unwrap();
-    p.i.handle_input(p.now, &f).unwrap();
-    let ping = p.i.poll_transmit().unwrap();
-    p.a.handle_input(p.now, &ping).unwrap();
+    p.auto_accept = false;
+    // Noise, Hellos, then the Ping reaches the acceptor.
+    p.run();
     assert!(matches!(
-        p.a.poll_event(),
+        p.a_events.last(),
         Some(Event::AuthorizationRequired(_))
     ));
     p.a.reject(p.now, reasons::NOT_AUTHORIZED);
-    let bye = p.a.poll_transmit().unwrap();
-    assert_eq!(
-        bye_reason(std::slice::from_ref(&bye)).as_deref(),
-        Some("not authorized")
-    );
-    assert!(
-        p.a.poll_transmit().is_none(),
-        "no Pong for an untrusted key"
-    );
-    p.i.handle_input(p.now, &bye).unwrap();
+    let (_, ai) = p.run();
+    assert_eq!(bye_reason(&ai).as_deref(), Some("not authorized"));
+    assert_eq!(ai.len(), 1, "no Pong for an untrusted key");
     assert!(p.i.is_closed());
     assert_eq!(
-        p.i.poll_event(),
-        Some(Event::Closed(CloseReason::Remote("not authorized".into())))
+        p.i_events.last(),
+        Some(&Event::Closed(CloseReason::Remote("not authorized".into())))
     );
 }
 
 #[test]
-fn wrong_expected_pubkey() {
+fn a_wrong_expected_key_gets_no_answer() {
+    // XK to key 3, but key 2 answers: it cannot read the first message,
+    // so it sends nothing at all and closes.
     let mut p = Pair::new(1, 2, Some(id(3).public_key()));
-    let (ia, _) = p.run();
+    p.run();
+    assert!(p.ai_wire.is_empty(), "not one byte back");
     assert!(matches!(
-        closed_error(&p.i_events),
-        Some(ProtoError::WrongPubkey { .. })
+        closed_error(&p.a_events),
+        Some(ProtoError::Noise(NoiseError::Decrypt(_)))
     ));
+    assert!(!p.i.is_established() && !p.a.is_established());
+    p.i.handle_eof(p.now);
+    assert_eq!(p.i.poll_event(), Some(Event::Closed(CloseReason::Eof)));
     assert!(ProtoError::WrongPubkey {
         expected: "a".into(),
         got: "b".into()
     }
     .to_string()
     .contains("possible impersonation"));
-    assert_eq!(bye_reason(&ia).as_deref(), Some("wrong pubkey"));
-    assert!(!p.a.is_established());
 }
 
 #[test]
@@ -258,10 +338,9 @@ fn hello_signed_by_another_key_is_refused() {
     let payload = Message::Hello(hello).encode_payload();
     let sig = id(3).sign(&hello_signed_bytes(&payload));
     let frame = encode_frame(MsgType::Hello, &payload, &sig.to_bytes()).unwrap();
-    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
-    a.poll_transmit();
+    let (mut a, mut t) = channel_acceptor(2, 1);
     assert_eq!(
-        a.handle_input(Instant::now(), &frame),
+        a.handle_input(Instant::now(), &sealed(&mut t, &frame)),
         Err(ProtoError::BadSignature { msg_type: "Hello" })
     );
     assert!(a.is_closed());
@@ -269,25 +348,89 @@ fn hello_signed_by_another_key_is_refused() {
 }
 
 #[test]
-fn version_mismatch_names_both_sides() {
-    let v2 = Arc::new(SessionConfig {
-        versions: vec![2, 3],
+fn the_hello_key_must_be_the_key_of_the_channel() {
+    // Key 1 opened the channel; a Hello for key 3, correctly signed by
+    // key 3 (replayed from elsewhere, say), is refused before anything.
+    let hello = Hello {
+        pubkey: id(3).public_key().to_hex(),
+        ..test_hello()
+    };
+    let payload = Message::Hello(hello).encode_payload();
+    let sig = id(3).sign(&hello_signed_bytes(&payload));
+    let frame = encode_frame(MsgType::Hello, &payload, &sig.to_bytes()).unwrap();
+    let (mut a, mut t) = channel_acceptor(2, 1);
+    assert_eq!(
+        a.handle_input(Instant::now(), &sealed(&mut t, &frame)),
+        Err(ProtoError::ChannelKeyMismatch)
+    );
+    assert!(a.poll_transmit().is_none());
+    // The same from the acceptor's side, seen by an initiator.
+    let (mut i, mut t) = channel_initiator(1, 2);
+    assert_eq!(
+        i.handle_input(Instant::now(), &sealed(&mut t, &frame)),
+        Err(ProtoError::ChannelKeyMismatch)
+    );
+    assert!(!i.is_established());
+}
+
+#[test]
+fn a_hidden_acceptor_answers_no_first_contact_and_an_open_one_does() {
+    let hidden = Arc::new(SessionConfig {
+        hidden: true,
         ..(*cfg()).clone()
     });
-    let mut p = Pair::with(1, 2, None, cfg(), v2, [0x22; 32]);
+    let mut p = Pair::with(1, 2, None, cfg(), hidden.clone(), [0x22; 32]);
+    p.run();
+    assert!(p.ai_wire.is_empty(), "not one byte back");
+    assert_eq!(
+        closed_error(&p.a_events),
+        Some(ProtoError::Noise(NoiseError::Hidden))
+    );
+    // The initiator, cut off, says what probably happened.
+    p.i.handle_eof(p.now);
+    let ev = p.i.poll_event();
+    assert_eq!(
+        ev,
+        Some(Event::Closed(CloseReason::Error(
+            ProtoError::ClosedWithoutKey
+        )))
+    );
+    assert!(ProtoError::ClosedWithoutKey
+        .to_string()
+        .contains("--pubkey"));
+    // With the key, the hidden node answers.
+    let mut p = Pair::with(1, 2, Some(id(2).public_key()), cfg(), hidden, [0x22; 32]);
+    p.run();
+    assert!(p.i.is_established() && p.a.is_established());
+    assert_eq!(p.i.pattern(), Some(Pattern::Xk));
+    // Without, an open node introduces itself.
+    let mut p = Pair::new(1, 2, None);
+    p.run();
+    assert!(p.i.is_established());
+    assert_eq!(p.a.pattern(), Some(Pattern::Xx));
+    assert_eq!(p.i.peer().unwrap().pubkey, id(2).public_key());
+}
+
+#[test]
+fn version_mismatch_names_both_sides() {
+    let later = Arc::new(SessionConfig {
+        versions: vec![3, 4],
+        ..(*cfg()).clone()
+    });
+    let mut p = Pair::with(1, 2, None, cfg(), later, [0x22; 32]);
     let (ia, ai) = p.run();
     let want = ProtoError::VersionMismatch {
-        ours: vec![1],
-        theirs: vec![2, 3],
+        ours: vec![2],
+        theirs: vec![3, 4],
     };
     assert_eq!(closed_error(&p.i_events), Some(want));
     assert_eq!(
         bye_reason(&ia).as_deref(),
-        Some("version mismatch: we support [1], you support [2, 3]")
+        Some("version mismatch: we support [2], you support [3, 4]")
     );
     assert_eq!(
         bye_reason(&ai).as_deref(),
-        Some("version mismatch: we support [2, 3], you support [1]")
+        Some("version mismatch: we support [3, 4], you support [2]")
     );
     // Highest common version wins.
     let many = Arc::new(SessionConfig {
@@ -305,45 +448,95 @@ fn version_mismatch_names_both_sides() {
 }
 
 #[test]
-fn replay_from_earlier_session_fails() {
+fn a_replayed_connection_gets_nothing_usable() {
     let mut p1 = Pair::new(1, 2, None);
-    let (ia1, _) = p1.run();
+    p1.run();
     assert!(p1.a.is_established());
-    // Same keys, same initiator nonce; the acceptor's fresh nonce differs.
-    let mut a2 = Session::acceptor(id(2), cfg(), [0x99; 32], Box::new(FillRng(5)), p1.now);
-    a2.handle_input(p1.now, &ia1[0]).unwrap(); // replayed Hello: accepted as a Hello...
-    let err = a2.handle_input(p1.now, &ia1[1]).unwrap_err(); // ...but its Ping is not
-    assert_eq!(err, ProtoError::BadSignature { msg_type: "Ping" });
-    let mut out = vec![];
-    while let Some(f) = a2.poll_transmit() {
-        out.push(f);
-    }
-    assert_eq!(bye_reason(&out).as_deref(), Some("bad signature"));
+    // Everything the initiator sent, replayed to the same acceptor key
+    // with a fresh ephemeral key: the first message is answered (anyone
+    // who knows the key gets that far), the third does not decrypt.
+    let t0 = Instant::now();
+    let mut a2 = Session::acceptor(id(2), cfg(), [0x99; 32], Box::new(FillRng(5)), t0);
+    a2.handle_input(t0, &p1.ia_wire[0]).unwrap();
+    let r = a2.handle_input(t0, &p1.ia_wire[1..].concat());
+    assert!(
+        matches!(r, Err(ProtoError::Noise(NoiseError::Decrypt(_)))),
+        "{r:?}"
+    );
+    let out: Vec<_> = std::iter::from_fn(|| a2.poll_transmit()).collect();
+    assert_eq!(out.len(), 1, "only the handshake's second message");
+    assert!(out[0].len() <= 2 + noise::MAX_HANDSHAKE_MESSAGE);
     let events: Vec<Event> = std::iter::from_fn(|| a2.poll_event()).collect();
     assert!(!events
         .iter()
         .any(|e| matches!(e, Event::AuthorizationRequired(_))));
-}
 
-#[test]
-fn replayed_hello_alone_times_out() {
-    let mut p1 = Pair::new(1, 2, None);
-    let (ia1, _) = p1.run();
-    let t0 = Instant::now();
-    let mut a2 = Session::acceptor(id(2), cfg(), [0x99; 32], Box::new(FillRng(5)), t0);
-    a2.handle_input(t0, &ia1[0]).unwrap();
-    assert!(!a2.is_established());
-    let deadline = a2.poll_timeout().unwrap();
+    // The first message alone: answered, then the handshake times out.
+    let mut a3 = Session::acceptor(id(2), cfg(), [0x99; 32], Box::new(FillRng(5)), t0);
+    a3.handle_input(t0, &p1.ia_wire[0]).unwrap();
+    assert!(!a3.is_established());
+    let deadline = a3.poll_timeout().unwrap();
     assert_eq!(deadline, t0 + Duration::from_secs(5));
-    a2.handle_timeout(deadline);
-    assert!(a2.is_closed());
-    let events: Vec<Event> = std::iter::from_fn(|| a2.poll_event()).collect();
+    a3.handle_timeout(deadline);
+    assert!(a3.is_closed());
+    let events: Vec<Event> = std::iter::from_fn(|| a3.poll_event()).collect();
     assert_eq!(
         events,
         vec![Event::Closed(CloseReason::Error(
             ProtoError::HandshakeTimeout
         ))]
     );
+}
+
+#[test]
+fn signed_frames_are_bound_to_their_noise_channel() {
+    // Two sessions with the same keys and the same Hellos (same nonces)
+    // differ only in their Noise handshakes: their session ids differ, so
+    // a frame signed in one is refused in the other even when an attacker
+    // who could read it re-encrypts it for the other channel.
+    let mut p1 = Pair::new(1, 2, None);
+    let (ia1, _) = p1.run();
+    let mut p2 = Pair::with(1, 2, None, cfg(), cfg(), [0x22; 32]);
+    p2.a = Session::acceptor(id(2), cfg(), [0x22; 32], Box::new(FillRng(0x45)), p2.now);
+    p2.noise();
+    assert_ne!(p1.a.handshake_hash(), p2.a.handshake_hash());
+    // The Hello is the same bytes in both.
+    let hello2 = p2.i.poll_plain().unwrap();
+    assert_eq!(hello2, ia1[0]);
+    p2.a.handle_plain(p2.now, &ia1[0]).unwrap();
+    assert_ne!(p1.a.session_id(), p2.a.session_id());
+    // Session 1's authentication Ping, in session 2.
+    let err = p2.a.handle_plain(p2.now, &ia1[1]).unwrap_err();
+    assert_eq!(err, ProtoError::BadSignature { msg_type: "Ping" });
+    let events: Vec<Event> = std::iter::from_fn(|| p2.a.poll_event()).collect();
+    assert!(!events
+        .iter()
+        .any(|e| matches!(e, Event::AuthorizationRequired(_))));
+}
+
+#[test]
+fn a_tampered_or_replayed_transport_byte_closes_the_session() {
+    // Any byte of the ciphertext or its tag (bytes 0-1 are the length).
+    for k in [2usize, 3, 10, 40, usize::MAX] {
+        let mut p = established();
+        p.i.send_ping(p.now, b"1").unwrap();
+        let mut f = p.i.poll_transmit().unwrap();
+        let k = k.min(f.len() - 1);
+        f[k] ^= 0x20;
+        let r = p.a.handle_input(p.now, &f);
+        assert!(matches!(r, Err(ProtoError::Noise(_))), "byte {k}: {r:?}");
+        assert!(p.a.is_closed());
+        assert!(!std::iter::from_fn(|| p.a.poll_event()).any(|e| matches!(e, Event::Pong(_))));
+    }
+    // The same message twice: the second does not decrypt (its nonce is spent).
+    let mut p = established();
+    p.i.send_ping(p.now, b"1").unwrap();
+    let f = p.i.poll_transmit().unwrap();
+    p.a.handle_input(p.now, &f).unwrap();
+    assert!(matches!(
+        p.a.handle_input(p.now, &f),
+        Err(ProtoError::Noise(NoiseError::Decrypt(_)))
+    ));
 }
 
 fn established() -> Pair {
@@ -358,11 +551,11 @@ fn reordered_frames_fail() {
     let mut p = established();
     p.i.send_ping(p.now, b"1").unwrap();
     p.i.send_ping(p.now, b"2").unwrap();
-    let f1 = p.i.poll_transmit().unwrap();
-    let f2 = p.i.poll_transmit().unwrap();
+    let f1 = p.i.poll_plain().unwrap();
+    let f2 = p.i.poll_plain().unwrap();
     let _ = f1;
     assert_eq!(
-        p.a.handle_input(p.now, &f2),
+        p.a.handle_plain(p.now, &f2),
         Err(ProtoError::BadSignature { msg_type: "Ping" })
     );
     assert!(p.a.is_closed());
@@ -372,10 +565,10 @@ fn reordered_frames_fail() {
 fn duplicated_frame_fails() {
     let mut p = established();
     p.i.send_ping(p.now, b"1").unwrap();
-    let f1 = p.i.poll_transmit().unwrap();
-    p.a.handle_input(p.now, &f1).unwrap();
+    let f1 = p.i.poll_plain().unwrap();
+    p.a.handle_plain(p.now, &f1).unwrap();
     assert_eq!(
-        p.a.handle_input(p.now, &f1),
+        p.a.handle_plain(p.now, &f1),
         Err(ProtoError::BadSignature { msg_type: "Ping" })
     );
 }
@@ -395,27 +588,27 @@ fn frame_signed_by_someone_else_or_tampered_fails() {
     ));
     let frame = encode_frame(MsgType::Ping, payload, &sig.to_bytes()).unwrap();
     assert!(matches!(
-        p.a.handle_input(p.now, &frame),
+        p.a.handle_plain(p.now, &frame),
         Err(ProtoError::BadSignature { .. })
     ));
 
     // Tampered signature.
     let mut p = established();
     p.i.send_ping(p.now, b"1").unwrap();
-    let f = p.i.poll_transmit().unwrap();
+    let f = p.i.poll_plain().unwrap();
     let mut raw = RawMessage::from_body(&f[4..]).unwrap();
     raw.signature[3] ^= 1;
     assert!(matches!(
-        p.a.handle_input(p.now, &raw.to_frame().unwrap()),
+        p.a.handle_plain(p.now, &raw.to_frame().unwrap()),
         Err(ProtoError::BadSignature { .. })
     ));
 
     // Wrong role byte: the acceptor's own signature reflected back.
     let mut p = established();
     p.a.send_ping(p.now, b"r").unwrap();
-    let f = p.a.poll_transmit().unwrap();
+    let f = p.a.poll_plain().unwrap();
     assert!(matches!(
-        p.a.handle_input(p.now, &f),
+        p.a.handle_plain(p.now, &f),
         Err(ProtoError::BadSignature { .. })
     ));
 
@@ -425,16 +618,16 @@ fn frame_signed_by_someone_else_or_tampered_fails() {
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(body);
     assert_eq!(
-        p.a.handle_input(p.now, &frame),
+        p.a.handle_plain(p.now, &frame),
         Err(ProtoError::BadSignatureEncoding)
     );
-    let out: Vec<_> = std::iter::from_fn(|| p.a.poll_transmit()).collect();
+    let out: Vec<_> = std::iter::from_fn(|| p.a.poll_plain()).collect();
     assert!(bye_reason(&out).unwrap().starts_with("protocol error"));
 }
 
 /// Frames the session queued, as (type, payload) pairs.
 fn sent(s: &mut Session) -> Vec<(MsgType, Vec<u8>)> {
-    std::iter::from_fn(|| s.poll_transmit())
+    std::iter::from_fn(|| s.poll_plain())
         .map(|f| {
             let raw = RawMessage::from_body(&f[4..]).unwrap();
             (raw.msg_type, raw.payload)
@@ -447,7 +640,7 @@ fn pings(p: &mut Pair, n: u8) -> Vec<Vec<u8>> {
     (0..n)
         .map(|k| {
             p.i.send_ping(p.now, &[k]).unwrap();
-            p.i.poll_transmit().unwrap()
+            p.i.poll_plain().unwrap()
         })
         .collect()
 }
@@ -464,9 +657,9 @@ fn frames_arriving_together_are_verified_together_and_answered_in_order() {
         }),
     )
     .unwrap();
-    frames.push(p.i.poll_transmit().unwrap());
+    frames.push(p.i.poll_plain().unwrap());
     frames.extend(pings(&mut p, 3));
-    p.a.handle_input(p.now, &frames.concat()).unwrap();
+    p.a.handle_plain(p.now, &frames.concat()).unwrap();
     assert_eq!(p.a.batch_verified_frames(), 24);
     let out = sent(&mut p.a);
     let payloads: Vec<Vec<u8>> = out.iter().map(|(_, pl)| pl.clone()).collect();
@@ -477,9 +670,9 @@ fn frames_arriving_together_are_verified_together_and_answered_in_order() {
     assert!(matches!(&events[..], [Event::Message(Message::MemoryRequest(r))] if r.id == 9));
     // The sequence numbers moved on: the next frames still verify, alone or together.
     let more = pings(&mut p, 2);
-    p.a.handle_input(p.now, &more.concat()).unwrap();
+    p.a.handle_plain(p.now, &more.concat()).unwrap();
     let one = pings(&mut p, 1);
-    p.a.handle_input(p.now, &one[0]).unwrap();
+    p.a.handle_plain(p.now, &one[0]).unwrap();
     assert_eq!(sent(&mut p.a).len(), 3);
     assert_eq!(p.a.batch_verified_frames(), 26);
     assert!(p.a.is_established());
@@ -523,7 +716,7 @@ fn a_bad_frame_among_frames_that_arrive_together() {
         let mut p = established();
         let frames = pings(&mut p, 6);
         let frames = corrupt(&mut p, frames);
-        let r = p.a.handle_input(p.now, &frames.concat());
+        let r = p.a.handle_plain(p.now, &frames.concat());
         assert!(
             matches!(r, Err(ProtoError::BadSignature { .. })),
             "{name}: {r:?}"
@@ -547,13 +740,13 @@ fn frames_after_bye_hello_or_garbage_in_the_same_input_are_not_processed() {
     let mut p = established();
     let mut frames = pings(&mut p, 1);
     p.i.close(p.now, "done");
-    frames.push(p.i.poll_transmit().unwrap());
+    frames.push(p.i.poll_plain().unwrap());
     let stray = {
         let mut q = established();
         pings(&mut q, 1).remove(0)
     };
     frames.push(stray);
-    p.a.handle_input(p.now, &frames.concat()).unwrap();
+    p.a.handle_plain(p.now, &frames.concat()).unwrap();
     assert_eq!(sent(&mut p.a), vec![]);
     let events: Vec<Event> = std::iter::from_fn(|| p.a.poll_event()).collect();
     assert!(
@@ -568,7 +761,7 @@ fn frames_after_bye_hello_or_garbage_in_the_same_input_are_not_processed() {
     let sig = id(1).sign(&hello_signed_bytes(&hello));
     frames.push(encode_frame(MsgType::Hello, &hello, &sig.to_bytes()).unwrap());
     frames.extend(pings(&mut p, 1));
-    let r = p.a.handle_input(p.now, &frames.concat());
+    let r = p.a.handle_plain(p.now, &frames.concat());
     assert!(
         matches!(
             r,
@@ -590,7 +783,7 @@ fn frames_after_bye_hello_or_garbage_in_the_same_input_are_not_processed() {
         let mut p = established();
         let mut input = pings(&mut p, 2).concat();
         input.extend_from_slice(tail);
-        assert!(p.a.handle_input(p.now, &input).is_err());
+        assert!(p.a.handle_plain(p.now, &input).is_err());
         let pongs = sent(&mut p.a)
             .iter()
             .filter(|(t, _)| *t == MsgType::Pong)
@@ -605,32 +798,33 @@ fn garbage_unknown_type_and_out_of_order_messages() {
     let body = br#"{"msg_type":"Gossip","payload":"","signature":""}"#;
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(body);
-    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
+    let (mut a, _) = channel_acceptor(2, 1);
     assert!(matches!(
-        a.handle_input(Instant::now(), &frame),
+        a.handle_plain(Instant::now(), &frame),
         Err(ProtoError::UnknownMessageType(_))
     ));
 
-    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
+    let (mut a, _) = channel_acceptor(2, 1);
     assert!(matches!(
-        a.handle_input(Instant::now(), b"\0\0\0\x05hello"),
+        a.handle_plain(Instant::now(), b"\0\0\0\x05hello"),
         Err(ProtoError::InvalidJson(_))
     ));
 
     // Something other than Hello first.
     let mut p = established();
     p.i.send_ping(p.now, b"1").unwrap();
-    let ping = p.i.poll_transmit().unwrap();
-    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
+    let ping = p.i.poll_plain().unwrap();
+    let (mut a, _) = channel_acceptor(2, 1);
     assert!(matches!(
-        a.handle_input(Instant::now(), &ping),
+        a.handle_plain(Instant::now(), &ping),
         Err(ProtoError::UnexpectedMessage { .. })
     ));
 
     // A correctly signed MemoryRequest instead of the authentication Ping.
     let mut p = Pair::new(1, 2, None);
-    let hello_i = p.i.poll_transmit().unwrap();
-    p.a.handle_input(p.now, &hello_i).unwrap();
+    p.noise();
+    let hello_i = p.i.poll_plain().unwrap();
+    p.a.handle_plain(p.now, &hello_i).unwrap();
     let sid = *p.a.session_id().unwrap();
     let payload = Message::MemoryRequest(Default::default()).encode_payload();
     let sig = id(1).sign(&signed_bytes(
@@ -642,16 +836,17 @@ fn garbage_unknown_type_and_out_of_order_messages() {
     ));
     let frame = encode_frame(MsgType::MemoryRequest, &payload, &sig.to_bytes()).unwrap();
     assert!(matches!(
-        p.a.handle_input(p.now, &frame),
+        p.a.handle_plain(p.now, &frame),
         Err(ProtoError::UnexpectedMessage { .. })
     ));
 
     // A second Hello.
     let mut p = established();
     let mut q = Pair::new(1, 2, None);
-    let hello = q.i.poll_transmit().unwrap();
+    q.noise();
+    let hello = q.i.poll_plain().unwrap();
     assert!(matches!(
-        p.a.handle_input(p.now, &hello),
+        p.a.handle_plain(p.now, &hello),
         Err(ProtoError::UnexpectedMessage { .. })
     ));
 }
@@ -668,7 +863,8 @@ fn heartbeat_idle_and_frame_timeouts() {
     p.now = due;
     p.i.handle_timeout(due);
     let hb = p.i.poll_transmit().unwrap();
-    assert_eq!(hb.len(), 151, "heartbeat Ping frame size");
+    // A 151-byte frame, its 2-byte length and 16-byte tag.
+    assert_eq!(hb.len(), 151 + 18, "heartbeat Ping size on the wire");
     p.a.handle_input(p.now, &hb).unwrap();
     let pong = p.a.poll_transmit().unwrap();
     p.i.handle_input(p.now, &pong).unwrap();
@@ -687,7 +883,7 @@ fn heartbeat_idle_and_frame_timeouts() {
     }
     assert_eq!(now, t + Duration::from_secs(20));
     assert!(p.i.is_closed());
-    let out: Vec<_> = std::iter::from_fn(|| p.i.poll_transmit()).collect();
+    let out: Vec<_> = std::iter::from_fn(|| p.i.poll_plain()).collect();
     assert_eq!(bye_reason(&out).as_deref(), Some("idle timeout"));
 
     // Slow sender: one byte a second never completes a frame within 3 s.
@@ -744,10 +940,11 @@ fn idle_session_holds_no_buffers() {
 #[test]
 fn frame_sizes() {
     let mut p = established();
+    // Frame, then its length and tag on the wire.
     p.i.send_ping(p.now, &[0; 32]).unwrap();
-    assert_eq!(p.i.poll_transmit().unwrap().len(), 183);
+    assert_eq!(p.i.poll_transmit().unwrap().len(), 183 + 18);
     p.i.send_ping(p.now, &[]).unwrap();
-    assert_eq!(p.i.poll_transmit().unwrap().len(), 139);
+    assert_eq!(p.i.poll_transmit().unwrap().len(), 139 + 18);
 }
 
 /// Returns whether the session ever authenticated.
@@ -789,8 +986,8 @@ proptest! {
     #[test]
     fn mutated_handshake(pos in 0usize..400, bit in 0u8..8, split in 1usize..64) {
         let mut p = Pair::new(1, 2, None);
-        let (ia, _) = p.run();
-        let mut stream: Vec<u8> = ia.concat();
+        p.run();
+        let mut stream: Vec<u8> = p.ia_wire.concat();
         let pos = pos % stream.len();
         stream[pos] ^= 1 << bit;
         let mut a2 = Session::acceptor(id(2), cfg(), [0x22; 32], Box::new(FillRng(0x44)), p.now);
@@ -811,9 +1008,10 @@ fn hello_with_a_weak_key_is_refused_before_any_signature_check() {
     let mut forged = [0u8; 64];
     forged[0] = 1;
     let frame = encode_frame(MsgType::Hello, &payload, &forged).unwrap();
-    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
-    a.poll_transmit();
-    let err = a.handle_input(Instant::now(), &frame).unwrap_err();
+    let (mut a, mut t) = channel_acceptor(2, 1);
+    let err = a
+        .handle_input(Instant::now(), &sealed(&mut t, &frame))
+        .unwrap_err();
     assert!(
         matches!(&err, ProtoError::InvalidPayload { reason, .. } if reason.contains("small order")),
         "{err:?}"
@@ -838,45 +1036,56 @@ fn big_bundle(n: usize) -> Message {
 fn before_authentication_a_frame_is_at_most_4_kib() {
     for role in [Role::Acceptor, Role::Initiator] {
         let mk = || match role {
-            Role::Acceptor => {
-                Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now())
-            }
-            Role::Initiator => Session::initiator(
-                id(2),
-                cfg(),
-                None,
-                [0; 32],
-                Box::new(FillRng(1)),
-                Instant::now(),
-            ),
+            Role::Acceptor => channel_acceptor(2, 1),
+            Role::Initiator => channel_initiator(1, 2),
         };
         // The largest allowed frame, nearly all sent, then a stall: the
         // session holds no more than the frame.
-        let mut s = mk();
+        let (mut s, mut t) = mk();
         let mut partial = (PRE_AUTH_MAX_FRAME_LEN as u32).to_be_bytes().to_vec();
         partial.extend(vec![b'x'; PRE_AUTH_MAX_FRAME_LEN - 1]);
-        s.handle_input(Instant::now(), &partial).unwrap();
+        s.handle_input(Instant::now(), &sealed(&mut t, &partial))
+            .unwrap();
         assert!(!s.is_closed());
         assert!(s.buffered_input() <= 2 * PRE_AUTH_MAX_FRAME_LEN, "{role:?}");
         // One byte more is refused from the header alone, before any body.
-        let mut s = mk();
+        let (mut s, mut t) = mk();
         let hdr = (PRE_AUTH_MAX_FRAME_LEN as u32 + 1).to_be_bytes();
-        let err = s.handle_input(Instant::now(), &hdr).unwrap_err();
+        let err = s
+            .handle_input(Instant::now(), &sealed(&mut t, &hdr))
+            .unwrap_err();
         assert!(
             matches!(err, ProtoError::FrameTooLarge { max, .. } if max == PRE_AUTH_MAX_FRAME_LEN)
         );
         assert!(s.is_closed());
         // So is a 10 MiB declaration (what used to hold 10 MiB per socket).
-        let mut s = mk();
+        let (mut s, mut t) = mk();
         let hdr = (MAX_FRAME_LEN as u32).to_be_bytes();
-        assert!(s.handle_input(Instant::now(), &hdr).is_err());
+        assert!(s
+            .handle_input(Instant::now(), &sealed(&mut t, &hdr))
+            .is_err());
         assert_eq!(s.buffered_input(), 0);
+        // A transport message longer than one such frame is refused from
+        // its 2-byte length, before it is buffered or decrypted.
+        let (mut s, _) = mk();
+        let len = (PRE_AUTH_MAX_NOISE_MESSAGE as u16 + 1).to_be_bytes();
+        let err = s.handle_input(Instant::now(), &len).unwrap_err();
+        assert!(
+            matches!(err, ProtoError::Noise(NoiseError::TooLong { max, .. }) if max == PRE_AUTH_MAX_NOISE_MESSAGE),
+            "{err:?}"
+        );
     }
+    // In the handshake, a message is at most 129 bytes.
+    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
+    let err = a.handle_input(Instant::now(), &[0xff, 0xff]).unwrap_err();
+    assert!(matches!(err, ProtoError::Noise(NoiseError::TooLong { .. })));
+    assert!(a.poll_transmit().is_none());
 }
 
 #[test]
 fn once_established_large_frames_pass_even_in_the_same_input_as_the_pong() {
     let mut p = Pair::new(1, 2, None);
+    p.noise();
     let f = p.i.poll_transmit().unwrap(); // initiator Hello
     p.a.handle_input(p.now, &f).unwrap();
     let f = p.a.poll_transmit().unwrap(); // acceptor Hello
@@ -915,7 +1124,7 @@ fn once_established_large_frames_pass_even_in_the_same_input_as_the_pong() {
 #[test]
 fn the_largest_hello_fits_the_pre_authentication_limit() {
     let mut versions = vec![u32::MAX; crate::message::MAX_VERSIONS];
-    versions[0] = 1;
+    versions[0] = 2;
     let hello = Hello {
         protocol: "mmogit".into(),
         versions,
@@ -936,8 +1145,11 @@ fn the_largest_hello_fits_the_pre_authentication_limit() {
         "{} bytes",
         frame.len() - 4
     );
-    let mut a = Session::acceptor(id(2), cfg(), [0; 32], Box::new(FillRng(1)), Instant::now());
-    a.handle_input(Instant::now(), &frame).unwrap();
+    // It is one transport message, under the limit before authorization.
+    let (mut a, mut t) = channel_acceptor(2, 9);
+    let wire = sealed(&mut t, &frame);
+    assert!(wire.len() - 2 <= PRE_AUTH_MAX_NOISE_MESSAGE);
+    a.handle_input(Instant::now(), &wire).unwrap();
     assert!(!a.is_closed());
     eprintln!("largest Hello frame body: {} bytes", frame.len() - 4);
 }
