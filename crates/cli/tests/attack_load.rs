@@ -283,6 +283,38 @@ fn node_survives_adversarial_load_and_keeps_serving_a_trusted_peer() {
     assert_eq!(serve.terminate(), 0, "still up and stops cleanly");
 }
 
+/// Completes a Noise XX handshake with the node as a stranger (a key
+/// nobody trusts: what anyone can do with an introducible node). Returns
+/// the stream and the channel, or None if the node closed.
+async fn stranger_channel(
+    mut c: TcpStream,
+) -> Option<(TcpStream, mmogit_proto::noise::Transport)> {
+    use mmogit_proto::noise::{Handshake, Step};
+    let (me, _) = mmogit_identity::Identity::generate();
+    let mut eph = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut eph);
+    let (mut hs, first) = Handshake::initiator(&me, None, eph);
+    c.write_all(&first).await.ok()?;
+    let mut buf = [0u8; 512];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        match hs.handle_input(&buf[..n]).ok()? {
+            Step::Continue(b) => c.write_all(&b).await.ok()?,
+            Step::Done(b) => {
+                c.write_all(&b).await.ok()?;
+                break;
+            }
+        }
+    }
+    Some((c, hs.into_transport().ok()?))
+}
+
 /// Median of `v`.
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
@@ -293,9 +325,11 @@ fn median(v: &[f64]) -> f64 {
 #[test]
 fn unauthenticated_connections_cannot_make_serve_hold_their_frames() {
     // 128 connections (all inbound slots: 8 addresses × 16, the per-address
-    // limit) each send the largest frame allowed before authentication,
-    // all but its last byte, and stall. Before the pre-authentication limit
-    // each could declare 10 MiB and send 9.9 MiB: 1 GB held.
+    // limit) each complete the encrypted handshake under a stranger's key
+    // (anyone can, with an introducible node), send the largest transport
+    // message allowed before authorization (one 4 KiB frame) all but its
+    // last byte, and stall. Before the pre-authentication limit each could
+    // declare 10 MiB and send 9.9 MiB: 1 GB held.
     let (_victim, serve, fid, rt) = victim_with_a_friend();
     let pid = serve.child.id();
     let addr: std::net::SocketAddr = serve.addr.parse().unwrap();
@@ -311,11 +345,18 @@ fn unauthenticated_connections_cannot_make_serve_hold_their_frames() {
             for _ in 0..16 {
                 let sock = TcpSocket::new_v4().unwrap();
                 sock.bind(([127, 0, 0, host], 0).into()).unwrap();
-                let Ok(mut c) = sock.connect(addr).await else {
+                let Ok(c) = sock.connect(addr).await else {
                     continue;
                 };
-                let _ = c.write_all(&(frame as u32).to_be_bytes()).await;
-                let _ = c.write_all(&vec![b'{'; frame - 1]).await;
+                let Some((mut c, mut t)) = stranger_channel(c).await else {
+                    continue;
+                };
+                let mut plain = (frame as u32).to_be_bytes().to_vec();
+                plain.extend(vec![b'{'; frame]);
+                let mut wire = vec![];
+                t.encrypt(&plain, &mut wire).unwrap();
+                assert_eq!(wire.len() - 2, mmogit_proto::PRE_AUTH_MAX_NOISE_MESSAGE);
+                let _ = c.write_all(&wire[..wire.len() - 1]).await;
                 held.push(c);
             }
         }
@@ -323,12 +364,16 @@ fn unauthenticated_connections_cannot_make_serve_hold_their_frames() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let during = rtts(&mut friend_conn, 40).await;
         let rss_during = vm_rss_kib(pid);
-        // The old attack: a 10 MiB declaration is refused from the header.
-        let mut old = attacker_conn(addr).await;
+        // The old attack: a 10 MiB frame declared inside the channel is
+        // refused from the header.
         let mut old_refused = false;
-        if let Ok(c) = old.as_mut() {
-            let _ = c.write_all(&(10u32 << 20).to_be_bytes()).await;
-            old_refused = closed_within(c, 2).await;
+        if let Ok(c) = attacker_conn(addr).await {
+            if let Some((mut c, mut t)) = stranger_channel(c).await {
+                let mut wire = vec![];
+                t.encrypt(&(10u32 << 20).to_be_bytes(), &mut wire).unwrap();
+                let _ = c.write_all(&wire).await;
+                old_refused = closed_within(&mut c, 2).await;
+            }
         }
         drop(held);
         friend_conn.close("done").await.unwrap();

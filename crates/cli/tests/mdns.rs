@@ -262,7 +262,7 @@ fn nodes_see_each_other_and_a_stopped_node_disappears() {
         addresses(ea).contains(&"10.77.0.1:7420".to_string()),
         "{ea}"
     );
-    assert_eq!(ea["versions"], serde_json::json!([1]));
+    assert_eq!(ea["versions"], serde_json::json!([2]));
     assert!(entry(&seen_by_b, &bpk).is_none(), "B lists itself");
     let seen_by_a = discover(lan.host(1), &a, "2s");
     let eb = entry(&seen_by_a, &bpk).unwrap_or_else(|| panic!("A does not see B: {seen_by_a}"));
@@ -403,7 +403,7 @@ fn interop_with_python_zeroconf() {
         .iter()
         .find(|s| s["txt"]["pk"] == apk.as_str())
         .unwrap_or_else(|| panic!("python-zeroconf did not see our node: {theirs}"));
-    assert_eq!(svc["txt"]["v"], "1");
+    assert_eq!(svc["txt"]["v"], "2");
     assert_eq!(svc["port"], 7420);
     assert!(svc["addresses"].to_string().contains("10.77.0.1"), "{svc}");
     assert_eq!(

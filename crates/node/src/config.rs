@@ -78,6 +78,12 @@ pub struct NodeConfig {
     pub dial_timeout: Duration,
     /// Where to write the status file ([`crate::StatusFile`]); default `None`.
     pub status_path: Option<PathBuf>,
+    /// Answer only connections that prove they know our key (Noise XK);
+    /// a first contact without it (XX) is closed without a byte, so a
+    /// scanner cannot learn who runs here. Default false: the node is
+    /// introducible (`p2p add <ip:port>` without `--pubkey` works). A node
+    /// announcing a private mDNS tag is hidden whatever this says.
+    pub hidden: bool,
 }
 
 impl Default for NodeConfig {
@@ -106,6 +112,7 @@ impl Default for NodeConfig {
             healthy_session: Duration::from_secs(10),
             dial_timeout: Duration::from_secs(10),
             status_path: None,
+            hidden: false,
         }
     }
 }

@@ -28,6 +28,10 @@ pub enum NodeError {
     /// The peer's key is not the one we expected.
     #[error("peer has public key {got}, expected {expected}: possible impersonation")]
     WrongPubkey { expected: String, got: String },
+    /// The peer closed the connection instead of completing the encrypted
+    /// handshake for the key we dialled: only that key's holder can.
+    #[error("peer did not prove key {expected}: it holds another key (possible impersonation, or its key changed) or does not speak mmogit version 2")]
+    KeyNotProven { expected: String },
     /// No protocol version in common.
     #[error("protocol version mismatch: {0}")]
     VersionMismatch(String),
@@ -49,6 +53,8 @@ impl From<ProtoError> for NodeError {
     fn from(e: ProtoError) -> Self {
         match e {
             ProtoError::WrongPubkey { expected, got } => NodeError::WrongPubkey { expected, got },
+            ProtoError::KeyNotProven { expected } => NodeError::KeyNotProven { expected },
+            e @ ProtoError::ClosedWithoutKey => NodeError::PeerClosed(e.to_string()),
             ProtoError::VersionMismatch { ours, theirs } => NodeError::VersionMismatch(format!(
                 "we support {ours:?}, the peer supports {theirs:?}"
             )),

@@ -96,6 +96,8 @@ impl Node {
             idle_timeout: self.config.idle_timeout,
             heartbeat_interval: self.config.heartbeat_interval,
             frame_timeout: self.config.frame_timeout,
+            // A private mDNS tag would be undone by answering anyone who asks.
+            hidden: self.config.hidden || self.discovery.as_ref().is_some_and(|(_, p)| *p),
             ..SessionConfig::default()
         });
         let (events, _) = broadcast::channel(1024);

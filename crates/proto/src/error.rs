@@ -84,6 +84,10 @@ pub enum ProtoError {
     /// The Hello's key is not the one the Noise handshake authenticated.
     #[error("the Hello's key is not the key that opened the encrypted channel")]
     ChannelKeyMismatch,
+    /// The peer closed the connection during a Noise handshake (XK) for
+    /// `expected`: only the holder of that key can answer it.
+    #[error("the peer did not complete the encrypted handshake for key {expected}: it holds another key (possible impersonation, or its key changed) or does not speak mmogit version 2")]
+    KeyNotProven { expected: String },
     /// A first contact without the peer's key was cut off in the Noise
     /// handshake: the node may accept only peers that know its key.
     #[error("the peer closed the connection during a first contact without its key: it may accept only peers that know its key (add it with --pubkey)")]

@@ -28,5 +28,5 @@ pub use message::{
 };
 pub use session::{
     compute_session_id, hello_signed_bytes, signed_bytes, CloseReason, Event, PeerInfo, Role,
-    Session, SessionConfig, PROTOCOL_VERSIONS,
+    Session, SessionConfig, PRE_AUTH_MAX_NOISE_MESSAGE, PROTOCOL_VERSIONS,
 };

@@ -290,6 +290,11 @@ impl Handshake {
         self.pattern
     }
 
+    /// Bytes received and not yet a whole handshake message.
+    pub fn buffered(&self) -> usize {
+        self.inbuf.len()
+    }
+
     /// Takes bytes from the peer. Any error means: close, send nothing.
     pub fn handle_input(&mut self, bytes: &[u8]) -> Result<Step, NoiseError> {
         if self.is_finished() {

@@ -545,7 +545,15 @@ impl Session {
             match hs.handle_input(data) {
                 Err(e) => return self.fail(now, ProtoError::Noise(e)),
                 Ok(Step::Continue(out)) => {
+                    // A handshake message that has started must be
+                    // complete within the frame timeout, like a frame.
+                    let partial = hs.buffered() > 0;
                     self.push_raw(now, out);
+                    if !partial {
+                        self.frame_started = None;
+                    } else if self.frame_started.is_none() {
+                        self.frame_started = Some(now);
+                    }
                     return Ok(());
                 }
                 Ok(Step::Done(out)) => {
@@ -613,6 +621,7 @@ impl Session {
         self.pattern = pattern;
         self.channel = Channel::Transport(Box::new(t));
         self.state = State::AwaitHello;
+        self.frame_started = None;
         let sig = self.identity.sign(&hello_signed_bytes(&self.own_hello));
         let frame = encode_frame(MsgType::Hello, &self.own_hello, &sig.to_bytes())?;
         self.push_frame(now, frame)
@@ -723,11 +732,18 @@ impl Session {
         if self.is_closed() {
             return;
         }
-        if let Channel::Handshake(hs) = &self.channel {
-            // An initiator without the key, cut off in the handshake: most
-            // likely a node that accepts only peers that know its key.
-            if self.role == Role::Initiator && hs.pattern() == Some(Pattern::Xx) {
-                let _ = self.fail(now, ProtoError::ClosedWithoutKey);
+        if let Channel::Handshake(_) = &self.channel {
+            // An initiator cut off in the handshake: with XK, the peer
+            // could not read our first message (not the key we dialled);
+            // without a key, most likely a node that is hidden.
+            if self.role == Role::Initiator {
+                let err = match &self.expected {
+                    Some(k) => ProtoError::KeyNotProven {
+                        expected: k.to_hex(),
+                    },
+                    None => ProtoError::ClosedWithoutKey,
+                };
+                let _ = self.fail(now, err);
                 return;
             }
         }

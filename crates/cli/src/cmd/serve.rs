@@ -50,9 +50,12 @@ pub struct Args {
     /// Do not announce this node on the local network (mDNS) nor look for peers there
     #[arg(long, env = "MMOGIT_NO_MDNS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_mdns: bool,
-    /// On the local network, announce a daily tag that only peers knowing your key recognise, instead of the key
+    /// On the local network, announce a daily tag that only peers knowing your key recognise, instead of the key (implies --hidden)
     #[arg(long)]
     pub mdns_private: bool,
+    /// Answer only peers that already know this node's public key: a first contact without it (`p2p add <ip:port>` with no --pubkey) and scanners get no byte back
+    #[arg(long)]
+    pub hidden: bool,
     /// Serve only your own branch (default: every users/* branch held, so memories relay through this node)
     #[arg(long)]
     pub serve_own_only: bool,
@@ -103,6 +106,7 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         send_timeout: args.send_timeout,
         heartbeat_interval: args.idle_timeout,
         max_outbound: args.max_outbound,
+        hidden: args.hidden || args.mdns_private,
         ..NodeConfig::default()
     };
     // Memory exchange: queries, pulls, live announces.
@@ -146,7 +150,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         let addr = server.local_addr();
         // The one line on stdout: scripts read the bound port from it.
         println!("listening on {addr} as {}", identity.public_key());
-        info!(%addr, pubkey = %identity.public_key().short(12), "serving");
+        let mode = if args.hidden || args.mdns_private { "hidden: only peers that know this key get an answer" } else { "introducible: a first contact without the key is answered (--hidden to refuse it)" };
+        info!(%addr, pubkey = %identity.public_key().short(12), protocol = 2, %mode, "serving");
         let mut events = server.events();
         let logger = tokio::spawn(async move {
             while let Some(ev) = events.next().await {

@@ -15,7 +15,7 @@
 //!
 //! | key | value |
 //! | --- | --- |
-//! | `v` | protocol versions spoken, comma-separated decimal (`1`) |
+//! | `v` | protocol versions spoken, comma-separated decimal (`2`) |
 //! | `pk` | the node's public key, 64 lowercase hex |
 //! | `tag` | instead of `pk` (private mode): [`private_tag`], 32 lowercase hex |
 

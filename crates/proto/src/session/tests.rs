@@ -319,7 +319,12 @@ fn a_wrong_expected_key_gets_no_answer() {
     ));
     assert!(!p.i.is_established() && !p.a.is_established());
     p.i.handle_eof(p.now);
-    assert_eq!(p.i.poll_event(), Some(Event::Closed(CloseReason::Eof)));
+    assert_eq!(
+        p.i.poll_event(),
+        Some(Event::Closed(CloseReason::Error(ProtoError::KeyNotProven {
+            expected: id(3).public_key().to_hex()
+        })))
+    );
     assert!(ProtoError::WrongPubkey {
         expected: "a".into(),
         got: "b".into()
