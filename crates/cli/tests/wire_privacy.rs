@@ -528,10 +528,13 @@ fn a_scanner_that_does_not_know_the_key_gets_nothing() {
     // Nodes that refuse a first contact without their key.
     let hidden = start_serve(&b, &[&common_args[..], &["--hidden"]].concat());
     let private = start_serve(&b, &[&common_args[..], &["--mdns-private"]].concat());
-    for (name, node) in [("--hidden", &hidden), ("--mdns-private", &private)] {
+    for (name, flag, node) in [
+        ("(f)", "--hidden", &hidden),
+        ("(g)", "--mdns-private", &private),
+    ] {
         match node {
             Ok(s) => probes.push((
-                format!("(f) Noise XX at a {name} node"),
+                format!("{name} Noise XX at a {flag} node"),
                 s.addr.clone(),
                 xx_first.clone(),
             )),
@@ -695,6 +698,13 @@ fn a_man_in_the_middle_with_its_own_keys_completes_neither_handshake() {
         r.stderr
     );
     assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    // It names the key that was not proven (A cannot tell a man in the
+    // middle from a node that lost its key: either way that key is absent).
+    assert!(
+        format!("{error}{}", r.stderr).contains(&pkb_hex[..12]),
+        "A's error names B's key: {error:?} {}",
+        r.stderr
+    );
     assert!(ids_by(&a, &pkb_hex).is_empty(), "nothing of B's at A");
     {
         let outcomes = outcomes.lock().unwrap();
