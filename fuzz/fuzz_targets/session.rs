@@ -1,5 +1,7 @@
-//! Arbitrary bytes into acceptor and initiator sessions (fresh, and after a
-//! real Hello so the signed-message path is reached): must never panic.
+//! Arbitrary bytes into acceptor and initiator sessions: raw on the wire
+//! (the Noise handshake decoder), and inside a real encrypted channel after
+//! a verified Hello and after authentication (the frame decoder and the
+//! signed-message paths): must never panic.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -64,17 +66,58 @@ fuzz_target!(|data: &[u8]| {
     );
     feed(&mut i, data, split, now);
 
-    // An acceptor that already verified a real initiator Hello.
-    let mut real_i = Session::initiator(
-        i_id,
-        cfg.clone(),
-        None,
-        [3; 32],
-        Box::new(StdRng::seed_from_u64(3)),
-        now,
-    );
-    let hello = real_i.poll_transmit().unwrap();
-    let mut a2 = Session::acceptor(a_id, cfg, [4; 32], Box::new(StdRng::seed_from_u64(4)), now);
-    let _ = a2.handle_input(now, &hello);
-    feed(&mut a2, data, split, now);
+    // Inside a real channel: an acceptor that completed the Noise handshake
+    // and verified a real Hello, then one whose session is established.
+    // The fuzz bytes travel encrypted by the initiator's channel, as if it
+    // had written them, so they reach the frame decoder and the signed paths.
+    for establish in [false, true] {
+        let mut real_i = Session::initiator(
+            i_id.clone(),
+            cfg.clone(),
+            Some(a_id.public_key()),
+            [3; 32],
+            Box::new(StdRng::seed_from_u64(3)),
+            now,
+        );
+        let mut a2 = Session::acceptor(
+            a_id.clone(),
+            cfg.clone(),
+            [4; 32],
+            Box::new(StdRng::seed_from_u64(4)),
+            now,
+        );
+        // Message 1, 2, 3 and the initiator's Hello; established: the rest.
+        for _ in 0..if establish { 8 } else { 2 } {
+            while let Some(b) = real_i.poll_transmit() {
+                let _ = a2.handle_input(now, &b);
+            }
+            while let Some(e) = a2.poll_event() {
+                if matches!(e, Event::AuthorizationRequired(_)) {
+                    let _ = a2.accept(now);
+                }
+            }
+            if !establish && a2.peer().is_some() {
+                break;
+            }
+            while let Some(b) = a2.poll_transmit() {
+                let _ = real_i.handle_input(now, &b);
+            }
+        }
+        for chunk in data.chunks(split) {
+            if real_i.send_raw_for_tests(now, chunk).is_err() {
+                break;
+            }
+            while let Some(b) = real_i.poll_transmit() {
+                let _ = a2.handle_input(now, &b);
+            }
+            while a2.poll_transmit().is_some() {}
+            while let Some(e) = a2.poll_event() {
+                if matches!(e, Event::AuthorizationRequired(_)) {
+                    let _ = a2.accept(now);
+                }
+            }
+        }
+        a2.handle_timeout(now + Duration::from_secs(60));
+        a2.handle_eof(now);
+    }
 });

@@ -91,12 +91,11 @@ fn node_code(e: &NodeError) -> Option<u8> {
         NodeError::Unreachable { .. } => Some(code::UNREACHABLE),
         NodeError::Timeout(_) => Some(code::TIMEOUT),
         NodeError::NotAuthorized { .. } => Some(code::NOT_AUTHORIZED),
-        NodeError::WrongPubkey { .. } | NodeError::KeyNotProven { .. } => {
-            Some(code::WRONG_PUBKEY)
-        }
-        NodeError::VersionMismatch(_) | NodeError::PeerClosed(_) | NodeError::Protocol(_) => {
-            Some(code::PROTOCOL)
-        }
+        NodeError::WrongPubkey { .. } | NodeError::KeyNotProven { .. } => Some(code::WRONG_PUBKEY),
+        NodeError::VersionMismatch(_)
+        | NodeError::PeerClosed(_)
+        | NodeError::Protocol(_)
+        | NodeError::KeyNeeded => Some(code::PROTOCOL),
         NodeError::PeerStore(e) => peers_code(e),
         _ => None,
     }

@@ -286,9 +286,7 @@ fn node_survives_adversarial_load_and_keeps_serving_a_trusted_peer() {
 /// Completes a Noise XX handshake with the node as a stranger (a key
 /// nobody trusts: what anyone can do with an introducible node). Returns
 /// the stream and the channel, or None if the node closed.
-async fn stranger_channel(
-    mut c: TcpStream,
-) -> Option<(TcpStream, mmogit_proto::noise::Transport)> {
+async fn stranger_channel(mut c: TcpStream) -> Option<(TcpStream, mmogit_proto::noise::Transport)> {
     use mmogit_proto::noise::{Handshake, Step};
     let (me, _) = mmogit_identity::Identity::generate();
     let mut eph = [0u8; 32];

@@ -288,3 +288,32 @@ fn adding_a_git_url_that_cannot_be_read_fails_with_the_network_codes() {
     assert!(err.contains("took longer than 1s"), "{err}");
     assert!(h.run(&["p2p", "list", "--json"]).stdout.contains("[]"));
 }
+
+#[test]
+fn a_hidden_node_is_added_only_by_someone_who_knows_its_key() {
+    let a = TestHome::init();
+    let b = TestHome::init();
+    let bpk = b.pubkey();
+    for flag in ["--hidden", "--mdns-private"] {
+        let serve = Serve::start(&b, &[flag]);
+        // A first contact without the key gets no answer: the error says
+        // what that probably means and what to do.
+        let e = a
+            .run(&["p2p", "add", &serve.addr, "--yes", "--timeout", "5s"])
+            .fails_with(14);
+        assert!(e.contains("--pubkey") && !e.contains(&bpk), "{flag}: {e}");
+        assert!(a
+            .run(&["p2p", "list", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty());
+        // With the key, it answers.
+        a.run(&["p2p", "add", &serve.addr, "--pubkey", &bpk, "--name", "bob"])
+            .ok();
+        b.run(&["p2p", "accept", &a.pubkey()]).ok();
+        a.run(&["p2p", "ping", "bob", "-c", "1"]).ok();
+        a.run(&["p2p", "remove", "bob"]).ok();
+        b.run(&["p2p", "remove", &a.pubkey()]).ok();
+    }
+}

@@ -32,6 +32,10 @@ pub enum NodeError {
     /// handshake for the key we dialled: only that key's holder can.
     #[error("peer did not prove key {expected}: it holds another key (possible impersonation, or its key changed) or does not speak mmogit version 2")]
     KeyNotProven { expected: String },
+    /// A first contact without the peer's key got no answer: the node is
+    /// hidden (or not an mmogit version 2 node).
+    #[error("no answer to a first contact without the peer's key: it may answer only peers that know its key (add it with --pubkey HEX)")]
+    KeyNeeded,
     /// No protocol version in common.
     #[error("protocol version mismatch: {0}")]
     VersionMismatch(String),
@@ -54,7 +58,7 @@ impl From<ProtoError> for NodeError {
         match e {
             ProtoError::WrongPubkey { expected, got } => NodeError::WrongPubkey { expected, got },
             ProtoError::KeyNotProven { expected } => NodeError::KeyNotProven { expected },
-            e @ ProtoError::ClosedWithoutKey => NodeError::PeerClosed(e.to_string()),
+            ProtoError::ClosedWithoutKey => NodeError::KeyNeeded,
             ProtoError::VersionMismatch { ours, theirs } => NodeError::VersionMismatch(format!(
                 "we support {ours:?}, the peer supports {theirs:?}"
             )),

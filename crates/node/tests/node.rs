@@ -314,7 +314,11 @@ async fn hostile_raw_clients_are_disconnected() {
     ] {
         let mut s = TcpStream::connect(&f.addr).await.unwrap();
         s.write_all(junk).await.unwrap();
-        assert_eq!(server_bytes(&mut s).await, b"", "{junk:?}: not one byte back");
+        assert_eq!(
+            server_bytes(&mut s).await,
+            b"",
+            "{junk:?}: not one byte back"
+        );
     }
     // A replay of a whole earlier connection, in one write: the third
     // handshake message does not decrypt (the node's ephemeral key is

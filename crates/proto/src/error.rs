@@ -78,7 +78,9 @@ pub enum ProtoError {
     MessageTooLarge { msg_type: &'static str, len: usize },
     /// The Noise channel failed: a handshake that does not decrypt (wrong
     /// key, scanner, replay, hidden node refusing a first contact), or a
-    /// transport message tampered with. Nothing is sent back.
+    /// transport message tampered with. Nothing is sent back while there is
+    /// no session id (the handshake, the Hellos); after that, a signed Bye
+    /// as for any protocol error.
     #[error("encrypted channel: {0}")]
     Noise(#[from] crate::noise::NoiseError),
     /// The Hello's key is not the one the Noise handshake authenticated.

@@ -11,7 +11,7 @@
 //!   naming the pattern ([`Pattern`]). The prologue is `"mmogit/2"` followed
 //!   by that byte, so changing it breaks the handshake.
 //! * After the handshake, the plaintext of the transport messages is the
-//!   stream of `[u32 BE length][JSON]` frames of version 1, split into
+//!   stream of `[u32 BE length][JSON]` frames (`crate::codec`), split into
 //!   pieces of at most [`MAX_PLAINTEXT`] bytes; the receiver decrypts each
 //!   message and feeds the bytes to the frame decoder.
 //!

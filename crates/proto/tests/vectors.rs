@@ -1,8 +1,8 @@
 //! The session vectors of docs/PROTOCOL.md (section 10): one whole version 2
 //! session with fixed keys and fixed randomness, byte for byte on the wire.
-//! Ed25519 is deterministic and every random value (ephemeral keys, Hello
-//! nonces, the authentication Ping) comes from the session's generator, so
-//! fixed inputs give fixed bytes. They are kept in
+//! Ed25519 is deterministic, the Hello nonces are arguments, and the other
+//! random values (ephemeral keys, the authentication Ping) come from the
+//! session's generator, so fixed inputs give fixed bytes. They are kept in
 //! `tests/data/session_vectors.json` (remade with `MMOGIT_WRITE_VECTORS=1`),
 //! checked here against a fresh run and against the document, and remade
 //! by an independent implementation in `tests/data/check_session_vectors.py`.

@@ -150,7 +150,11 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         let addr = server.local_addr();
         // The one line on stdout: scripts read the bound port from it.
         println!("listening on {addr} as {}", identity.public_key());
-        let mode = if args.hidden || args.mdns_private { "hidden: only peers that know this key get an answer" } else { "introducible: a first contact without the key is answered (--hidden to refuse it)" };
+        let mode = if args.hidden || args.mdns_private {
+            "hidden: only peers that know this key get an answer"
+        } else {
+            "introducible: a first contact without the key is answered (--hidden to refuse it)"
+        };
         info!(%addr, pubkey = %identity.public_key().short(12), protocol = 2, %mode, "serving");
         let mut events = server.events();
         let logger = tokio::spawn(async move {

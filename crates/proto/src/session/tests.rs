@@ -321,9 +321,11 @@ fn a_wrong_expected_key_gets_no_answer() {
     p.i.handle_eof(p.now);
     assert_eq!(
         p.i.poll_event(),
-        Some(Event::Closed(CloseReason::Error(ProtoError::KeyNotProven {
-            expected: id(3).public_key().to_hex()
-        })))
+        Some(Event::Closed(CloseReason::Error(
+            ProtoError::KeyNotProven {
+                expected: id(3).public_key().to_hex()
+            }
+        )))
     );
     assert!(ProtoError::WrongPubkey {
         expected: "a".into(),
