@@ -44,6 +44,12 @@ fn untrusted_then_accepted_then_ping_works() {
         .run(&["p2p", "connect", &serve.addr, "--pubkey", &bpk, "--json"])
         .json();
     assert_eq!(c["pubkey"], bpk.as_str());
+    assert_eq!(c["protocol"], 2);
+    assert_eq!(c["channel"], "Noise_XK_25519_ChaChaPoly_BLAKE2s");
+    // Without the key: a first contact, which this (introducible) node answers.
+    let c = a.run(&["p2p", "connect", &serve.addr, "--json"]).json();
+    assert_eq!(c["pubkey"], bpk.as_str());
+    assert_eq!(c["channel"], "Noise_XX_25519_ChaChaPoly_BLAKE2s");
 
     let log = serve.log();
     assert!(log.contains("not authorized"), "{log}");

@@ -226,13 +226,23 @@ impl Connection {
         self.addr
     }
 
-    /// The session id (SHA-256 over both Hellos).
+    /// The session id (SHA-256 over the Noise handshake hash and both Hellos).
     pub fn session_id(&self) -> &[u8; 32] {
         &self.session_id
     }
 
-    /// Time from TCP connected to authenticated (1.5 round trips plus
-    /// signing and verifying).
+    /// The Noise protocol of the encrypted channel
+    /// (`Noise_XK_25519_ChaChaPoly_BLAKE2s` when we dialled a known key).
+    pub fn channel(&self) -> &'static str {
+        self.conn
+            .session
+            .pattern()
+            .map_or("none", mmogit_proto::noise::Pattern::name)
+    }
+
+    /// Time from TCP connected to authenticated (the Noise handshake, the
+    /// Hellos and the authentication Ping: 2.5 round trips, plus signing,
+    /// verifying and the X25519 work).
     pub fn handshake_rtt(&self) -> Duration {
         self.handshake_rtt
     }

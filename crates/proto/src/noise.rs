@@ -52,7 +52,8 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    fn name(self) -> &'static str {
+    /// The Noise protocol name (e.g. `Noise_XK_25519_ChaChaPoly_BLAKE2s`).
+    pub fn name(self) -> &'static str {
         match self {
             Pattern::Xk => PROTOCOL_XK,
             Pattern::Xx => PROTOCOL_XX,

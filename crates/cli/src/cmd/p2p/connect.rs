@@ -25,7 +25,7 @@ pub struct Args {
     /// Give up after this long (connect, handshake)
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Print {"pubkey", "addr", "agent", "handshake_ms"} as JSON
+    /// Print {"pubkey", "addr", "agent", "protocol", "channel", "handshake_ms"} as JSON
     #[arg(long)]
     pub json: bool,
 }
@@ -35,6 +35,10 @@ struct Out {
     pubkey: String,
     addr: String,
     agent: String,
+    /// Negotiated protocol version.
+    protocol: u32,
+    /// The Noise protocol of the encrypted channel.
+    channel: &'static str,
     handshake_ms: f64,
 }
 
@@ -47,6 +51,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
             pubkey: conn.peer_pubkey().to_hex(),
             addr: conn.peer_addr().to_string(),
             agent: conn.peer().agent.clone(),
+            protocol: conn.peer().version,
+            channel: conn.channel(),
             handshake_ms: conn.handshake_rtt().as_secs_f64() * 1000.0,
         };
         conn.close("bye").await?;
@@ -56,8 +62,8 @@ pub fn run(ctx: &Ctx, args: Args) -> anyhow::Result<ExitCode> {
         print_json(&out)?;
     } else {
         println!(
-            "connected to {} at {} ({}), authenticated in {:.2} ms",
-            out.pubkey, out.addr, out.agent, out.handshake_ms
+            "connected to {} at {} ({}), protocol {} over {}, authenticated in {:.2} ms",
+            out.pubkey, out.addr, out.agent, out.protocol, out.channel, out.handshake_ms
         );
     }
     Ok(ExitCode::SUCCESS)
