@@ -177,6 +177,11 @@ pub enum Event {
     Closed(CloseReason),
 }
 
+/// Most plaintext bytes of frames put together in one transport message:
+/// one pre-authorization frame with its header, which every peer accepts
+/// in any state.
+const COALESCE_MAX: usize = PRE_AUTH_MAX_FRAME_LEN + HEADER_LEN;
+
 /// Something queued for the peer.
 enum Out {
     /// Noise handshake bytes, sent as they are.
@@ -492,27 +497,42 @@ impl Session {
     }
 
     /// The next bytes to write, whole (a handshake message, or the
-    /// transport messages of one frame).
+    /// transport messages of one frame, or of several small frames queued
+    /// together).
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         let out = self.transmit.pop_front();
         if self.transmit.is_empty() && self.transmit.capacity() > 4 {
             self.transmit = VecDeque::new();
         }
-        match out? {
-            Out::Raw(bytes) => Some(bytes),
-            Out::Frame(frame) => {
-                let Channel::Transport(t) = &mut self.channel else {
-                    return None;
-                };
-                let pieces = frame.len().div_ceil(noise::MAX_PLAINTEXT).max(1);
-                let mut wire = Vec::with_capacity(frame.len() + pieces * (2 + noise::TAG_LEN));
-                // Fails only when 2^64 messages have been sent.
-                t.encrypt(&frame, &mut wire).ok()?;
-                #[cfg(test)]
-                self.sent_log.push(frame);
-                Some(wire)
+        let mut frame = match out? {
+            Out::Raw(bytes) => return Some(bytes),
+            Out::Frame(frame) => frame,
+        };
+        #[cfg(test)]
+        self.sent_log.push(frame.clone());
+        // Small frames queued together go out in one transport message
+        // (a message costs ~3.5 µs of ChaChaPoly set-up whatever its size:
+        // as much again as a Ping's own bytes). At most one pre-authorization
+        // frame's worth, so a peer not yet authenticated accepts it.
+        while let Some(Out::Frame(next)) = self.transmit.front() {
+            if frame.len() + next.len() > COALESCE_MAX {
+                break;
             }
+            let Some(Out::Frame(next)) = self.transmit.pop_front() else {
+                unreachable!("just looked");
+            };
+            #[cfg(test)]
+            self.sent_log.push(next.clone());
+            frame.extend_from_slice(&next);
         }
+        let Channel::Transport(t) = &mut self.channel else {
+            return None;
+        };
+        let pieces = frame.len().div_ceil(noise::MAX_PLAINTEXT).max(1);
+        let mut wire = Vec::with_capacity(frame.len() + pieces * (2 + noise::TAG_LEN));
+        // Fails only when 2^64 messages have been sent.
+        t.encrypt(&frame, &mut wire).ok()?;
+        Some(wire)
     }
 
     /// How many received frames had their signatures checked in a batch

@@ -1160,3 +1160,47 @@ fn the_largest_hello_fits_the_pre_authentication_limit() {
     assert!(!a.is_closed());
     eprintln!("largest Hello frame body: {} bytes", frame.len() - 4);
 }
+
+#[test]
+fn small_frames_queued_together_share_one_transport_message() {
+    // Twenty Pings queued at once: one transport message, within what a
+    // peer accepts before authorization.
+    let mut p = established();
+    for k in 0..20u8 {
+        p.i.send_ping(p.now, &[k]).unwrap();
+    }
+    let wire = p.i.poll_transmit().unwrap();
+    assert!(p.i.poll_transmit().is_none(), "one write");
+    let len = u16::from_be_bytes([wire[0], wire[1]]) as usize;
+    assert_eq!(wire.len(), 2 + len, "one transport message");
+    assert!(len <= PRE_AUTH_MAX_NOISE_MESSAGE);
+    p.a.handle_input(p.now, &wire).unwrap();
+    assert_eq!(p.a.batch_verified_frames(), 20);
+    p.run();
+    let pongs = p
+        .i_events
+        .iter()
+        .filter(|e| matches!(e, Event::Pong(_)))
+        .count();
+    assert_eq!(pongs, 20);
+
+    // The acceptor's Pong and the small messages after it reach an
+    // initiator that is not authenticated yet in one message: accepted.
+    let mut p = Pair::new(1, 2, None);
+    p.auto_accept = false;
+    p.run();
+    p.a.accept(p.now).unwrap();
+    for _ in 0..10 {
+        p.a.send(p.now, Message::MemoryResponse(MemoryResponse::default()))
+            .unwrap();
+    }
+    let wire = p.a.poll_transmit().unwrap();
+    assert!(p.a.poll_transmit().is_none());
+    assert!(!p.i.is_established());
+    p.i.handle_input(p.now, &wire).unwrap();
+    assert!(p.i.is_established());
+    let responses = std::iter::from_fn(|| p.i.poll_event())
+        .filter(|e| matches!(e, Event::Message(Message::MemoryResponse(_))))
+        .count();
+    assert_eq!(responses, 10);
+}
