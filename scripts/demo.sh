@@ -82,6 +82,9 @@ step "they trust each other (p2p add <addr> --pubkey)"
 "$M" --home "$carol" p2p add "$addr_d" --pubkey "$pd" --name dave
 "$M" --home "$dave" p2p add "$addr_c" --pubkey "$pc" --name carol
 
+step "every session is encrypted (protocol 2, Noise) and authenticated"
+"$M" --home "$carol" p2p connect dave
+
 step "carol remembers; the memory shows up at dave live (announce, pull, verify)"
 id=$("$M" --home "$carol" remember --tag p2p "Live replication reached dave")
 for i in $(seq 100); do
