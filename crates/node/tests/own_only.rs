@@ -56,6 +56,10 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(true).await
+}
+
+async fn setup_with(own_only: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let a = repo(dir.path(), 1);
     remember(&a, 1, 3);
@@ -100,7 +104,7 @@ async fn setup() -> Setup {
     .await
     .unwrap();
     let mut cfg = ReplicatorConfig::new(a, key(1));
-    cfg.serve_own_only = true;
+    cfg.serve_own_only = own_only;
     cfg.poll_interval = Duration::from_millis(20);
     tokio::spawn(Replicator::new(cfg).run(rx, node.sender()));
     Setup {
@@ -254,6 +258,64 @@ async fn announced_tips_hold_only_own_branch() {
     })
     .await;
     assert_eq!(authors(&tips), vec![key(1).to_hex()], "announced tips");
+    conn.close("done").await.unwrap();
+    s.node.shutdown().await;
+}
+
+/// The transfer announced for pull `id` naming `authors`: its commits, or
+/// None for "nothing new".
+async fn pull_naming(conn: &mut Connection, id: u64, authors: &[PublicKey]) -> Option<u64> {
+    conn.send(Message::MemoryRequest(MemoryRequest {
+        id,
+        authors: authors.iter().map(PublicKey::to_hex).collect(),
+        sync: Some(SyncRequest {
+            have: vec![],
+            max_transfer: None,
+        }),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    recv_until(conn, |m| match m {
+        Message::MemoryResponse(MemoryResponse {
+            id: Some(i),
+            transfer,
+            ..
+        }) if i == id => Some(transfer.map(|t| t.commits)),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targeted_pull_gets_only_the_branches_it_names() {
+    // A relaying node holds 3 memories of its own and 2 of agent 3.
+    let s = setup_with(false).await;
+    let mut conn = client(&s, None).await;
+    assert_eq!(pull_naming(&mut conn, 1, &[]).await, Some(5), "everything");
+    conn.close("done").await.unwrap();
+    let mut conn = client(&s, None).await;
+    assert_eq!(
+        pull_naming(&mut conn, 2, &[key(3)]).await,
+        Some(2),
+        "agent 3's only"
+    );
+    conn.close("done").await.unwrap();
+    let mut conn = client(&s, None).await;
+    assert_eq!(
+        pull_naming(&mut conn, 3, &[key(9)]).await,
+        None,
+        "a branch it does not hold"
+    );
+    conn.close("done").await.unwrap();
+    s.node.shutdown().await;
+    // Serving its own branch only, naming another author gets nothing.
+    let s = setup().await;
+    let mut conn = client(&s, None).await;
+    assert_eq!(pull_naming(&mut conn, 4, &[key(3)]).await, None);
+    conn.close("done").await.unwrap();
+    let mut conn = client(&s, None).await;
+    assert_eq!(pull_naming(&mut conn, 5, &[key(3), key(1)]).await, Some(3));
     conn.close("done").await.unwrap();
     s.node.shutdown().await;
 }

@@ -90,18 +90,31 @@ pub(crate) enum SyncAnswer {
     Refused(String),
 }
 
-/// The answer to a pull: a bundle of what `req.have` lacks, or nothing new,
-/// or a refusal when the bundle would pass the transfer limit.
+/// The answer to a pull: a bundle of what `req.have` lacks (of the branches
+/// of `authors` only, when the pull names some), or nothing new, or a
+/// refusal when the bundle would pass the transfer limit.
 pub(crate) fn answer_sync(
     cfg: &ReplicatorConfig,
     req: &SyncRequest,
+    authors: &[String],
 ) -> Result<SyncAnswer, ReplicateError> {
     let store = open(&cfg.repo)?;
     let tips = served_tips(cfg, &store)?;
     let have = parse_tips(&req.have);
-    let only = [cfg.me];
+    // Keys that do not parse name no branch we could hold.
+    let mut only: Option<Vec<PublicKey>> =
+        (!authors.is_empty()).then(|| authors.iter().filter_map(|a| a.parse().ok()).collect());
+    if cfg.serve_own_only {
+        only = Some(match only {
+            Some(asked) if !asked.contains(&cfg.me) => Vec::new(),
+            _ => vec![cfg.me],
+        });
+    }
+    if only.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(SyncAnswer::NothingNew(tips));
+    }
     let limit = req.max_transfer.unwrap_or(u64::MAX).min(cfg.max_transfer);
-    match store.build_bundle(&have, cfg.serve_own_only.then_some(&only[..]), limit) {
+    match store.build_bundle(&have, only.as_deref(), limit) {
         Ok(None) => Ok(SyncAnswer::NothingNew(tips)),
         Ok(Some(b)) => Ok(SyncAnswer::Bundle(b, tips)),
         Err(BundleError::TooLarge { limit, .. }) => Ok(SyncAnswer::Refused(format!(

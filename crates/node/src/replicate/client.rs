@@ -283,8 +283,9 @@ async fn push(
         };
         let id = req.id;
         let sync = req.sync.unwrap_or_default();
+        let authors = req.authors;
         let c = rcfg.clone();
-        match blocking(move || answer_sync(&c, &sync)).await? {
+        match blocking(move || answer_sync(&c, &sync, &authors)).await? {
             SyncAnswer::NothingNew(tips) => {
                 conn.send(Message::MemoryResponse(MemoryResponse {
                     id: Some(id),

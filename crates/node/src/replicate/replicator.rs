@@ -345,8 +345,9 @@ async fn serve_sync(
 ) -> Result<Option<(u64, u64)>, ReplicateError> {
     let id = req.id;
     let sync = req.sync.unwrap_or_default();
+    let authors = req.authors;
     let c = cfg.clone();
-    let answer = match blocking(move || answer_sync(&c, &sync)).await {
+    let answer = match blocking(move || answer_sync(&c, &sync, &authors)).await {
         Ok(a) => a,
         Err(e) => {
             warn!(peer = %reply.peer().short(12), error = %e, "cannot answer a sync request");

@@ -26,7 +26,7 @@
 //!   memories; at most [`MAX_CONCURRENT_QUERIES`] queries per peer run at
 //!   once, more are answered `busy`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use mmogit_identity::PublicKey;
@@ -42,6 +42,43 @@ pub const MAX_CONCURRENT_QUERIES: usize = 4;
 pub const QUOTA_PERIOD: Duration = Duration::from_secs(24 * 3600);
 /// Sync requests of one peer kept waiting while a transfer with it runs.
 pub const MAX_DEFERRED: usize = 4;
+/// Most authors named in a targeted pull; an announce naming more (a first
+/// announce of a large store) is pulled whole.
+pub const MAX_TARGETED_AUTHORS: usize = 256;
+
+/// Which branches a pull asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Want {
+    /// Everything the peer holds that we lack.
+    All,
+    /// Only these authors' branches (hex keys): what the peer announced.
+    Authors(BTreeSet<String>),
+}
+
+impl Want {
+    fn of(tips: &[BranchTip]) -> Want {
+        let authors: BTreeSet<String> = tips.iter().map(|t| t.author.clone()).collect();
+        if authors.is_empty() || authors.len() > MAX_TARGETED_AUTHORS {
+            Want::All
+        } else {
+            Want::Authors(authors)
+        }
+    }
+
+    fn merge(self, other: Want) -> Want {
+        match (self, other) {
+            (Want::Authors(mut a), Want::Authors(b)) => {
+                a.extend(b);
+                if a.len() > MAX_TARGETED_AUTHORS {
+                    Want::All
+                } else {
+                    Want::Authors(a)
+                }
+            }
+            _ => Want::All,
+        }
+    }
+}
 
 /// A session, as the caller names it.
 pub type SessionId = u64;
@@ -227,6 +264,8 @@ struct Pull {
     last_progress: Instant,
     stage: Stage,
     transfer_id: String,
+    /// What it asks for.
+    want: Want,
 }
 
 #[derive(Debug, Default)]
@@ -236,11 +275,24 @@ struct PeerState {
     sending: bool,
     /// Their sync requests waiting for our transfer with them to end.
     deferred: VecDeque<(MemoryRequest, SessionId)>,
-    /// An announce arrived while busy: pull again when idle, on this session.
-    want_pull: Option<SessionId>,
-    /// Tips last announced to this peer, and on which session: a peer that
-    /// reconnected between two polls hears them again.
-    announced: Option<(SessionId, Vec<BranchTip>)>,
+    /// An announce arrived while busy: pull again when idle, on this
+    /// session, what it named.
+    want_pull: Option<(SessionId, Want)>,
+    /// Tips announced to this peer (author → tip), and on which session:
+    /// later announces carry only what changed; a peer that reconnected
+    /// hears everything again.
+    announced: Option<(SessionId, BTreeMap<String, String>)>,
+}
+
+impl PeerState {
+    /// Pull `want` on `session` once the transfer running with this peer
+    /// ends (merged with what is already waiting).
+    fn defer_pull(&mut self, session: SessionId, want: Want) {
+        self.want_pull = Some(match self.want_pull.take() {
+            Some((_, w)) => (session, w.merge(want)),
+            None => (session, want),
+        });
+    }
 }
 
 /// What one peer sent us in the current quota period (a restart starts a
@@ -292,8 +344,8 @@ impl Quota {
 #[derive(Debug)]
 enum Job {
     Announce(Vec<(PublicKey, SessionId)>),
-    Lacking(PublicKey, SessionId),
-    PullTips(PublicKey, SessionId),
+    Lacking(PublicKey, SessionId, Want),
+    PullTips(PublicKey, SessionId, Want),
     Start(PublicKey, u64, u64, String),
     Chunk(PublicKey, u64, SessionId),
     Ingest(PublicKey, u64, SessionId, String),
@@ -312,6 +364,9 @@ pub struct Replication {
     next_pull: u64,
     next_job: JobId,
     outbox: VecDeque<Io>,
+    /// The peer sessions of the last poll: new memories are announced to
+    /// them as soon as they are in, not at the next poll.
+    connected: Vec<(PublicKey, SessionId)>,
 }
 
 impl Replication {
@@ -325,6 +380,7 @@ impl Replication {
             next_pull: 1,
             next_job: 1,
             outbox: VecDeque::new(),
+            connected: Vec::new(),
         }
     }
 
@@ -440,25 +496,35 @@ impl Replication {
                 .is_some_and(|s| now.saturating_duration_since(s) < QUOTA_PERIOD)
         });
         self.queries.retain(|_, n| *n > 0);
+        self.connected = connected.clone();
         if !connected.is_empty() {
             self.work(self.policy.me, Work::ServedTips, Job::Announce(connected));
         }
     }
 
+    /// Announces to each peer the tips it has not heard on its session:
+    /// all of them on a new session, then only those that changed.
     fn announce(&mut self, tips: Vec<BranchTip>, connected: Vec<(PublicKey, SessionId)>) {
         for (peer, session) in connected {
             let st = self.peers.entry(peer).or_default();
-            if st
-                .announced
-                .as_ref()
-                .is_some_and(|(s, t)| *s == session && *t == tips)
-            {
+            let heard = match &mut st.announced {
+                Some((s, heard)) if *s == session => heard,
+                other => &mut other.insert((session, BTreeMap::new())).1,
+            };
+            let delta: Vec<BranchTip> = tips
+                .iter()
+                .filter(|t| heard.get(&t.author) != Some(&t.tip))
+                .cloned()
+                .collect();
+            if delta.is_empty() {
                 continue;
             }
-            st.announced = Some((session, tips.clone()));
-            debug!(peer = %peer.short(12), branches = tips.len(), "announcing tips");
+            for t in &delta {
+                heard.insert(t.author.clone(), t.tip.clone());
+            }
+            debug!(peer = %peer.short(12), branches = delta.len(), "announcing tips");
             let msg = Message::MemoryResponse(MemoryResponse {
-                tips: Some(tips.clone()),
+                tips: Some(delta),
                 ..Default::default()
             });
             self.send(peer, session, msg, IfFull::Announce);
@@ -468,7 +534,7 @@ impl Replication {
     fn on_closed(&mut self, now: Instant, session: SessionId) {
         let mut ended = vec![];
         for (pk, st) in self.peers.iter_mut() {
-            if st.want_pull == Some(session) {
+            if st.want_pull.as_ref().is_some_and(|(s, _)| *s == session) {
                 st.want_pull = None;
             }
             if st.announced.as_ref().is_some_and(|(s, _)| *s == session) {
@@ -504,11 +570,10 @@ impl Replication {
                 }
             }
             IfFull::Pull(id) => {
-                if st.pull.as_ref().is_some_and(|p| p.id == id) {
-                    st.pull = None;
+                if let Some(pull) = st.pull.take_if(|p| p.id == id) {
                     if !closed {
                         debug!(peer = %peer.short(12), "pull put off: the session's queue is full");
-                        st.want_pull = Some(session);
+                        st.want_pull = Some((session, pull.want));
                     }
                 }
             }
@@ -577,7 +642,8 @@ impl Replication {
         let Some(id) = r.id else {
             // An announce.
             if let Some(tips) = r.tips {
-                self.work(peer, Work::Lacking(tips), Job::Lacking(peer, session));
+                let want = Want::of(&tips);
+                self.work(peer, Work::Lacking(tips), Job::Lacking(peer, session, want));
             }
             return;
         };
@@ -663,18 +729,18 @@ impl Replication {
                 Ok(tips) => self.announce(tips, connected),
                 Err(e) => debug!(error = %e, "cannot read our tips"),
             },
-            (Job::Lacking(peer, session), Outcome::Lacking(lacks)) => {
+            (Job::Lacking(peer, session, want), Outcome::Lacking(lacks)) => {
                 if !lacks.unwrap_or(false) {
                     return;
                 }
                 let st = self.peers.entry(peer).or_default();
                 if st.pull.is_some() || st.sending {
-                    st.want_pull = Some(session);
+                    st.defer_pull(session, want);
                     return;
                 }
-                self.start_pull(now, peer, session);
+                self.start_pull(now, peer, session, want);
             }
-            (Job::PullTips(peer, session), Outcome::Tips(have)) => {
+            (Job::PullTips(peer, session, want), Outcome::Tips(have)) => {
                 let have = match have {
                     Ok(t) => t,
                     Err(e) => {
@@ -684,11 +750,21 @@ impl Replication {
                 };
                 let st = self.peers.entry(peer).or_default();
                 if st.pull.is_some() || st.sending {
-                    st.want_pull = Some(session);
+                    st.defer_pull(session, want);
                     return;
                 }
                 let id = self.next_pull;
                 self.next_pull += 1;
+                // A targeted pull names the authors announced and shows
+                // only our tips of theirs: the request stays small however
+                // many branches we hold, and the answer holds only them.
+                let (authors, have) = match &want {
+                    Want::All => (Vec::new(), have),
+                    Want::Authors(a) => (
+                        a.iter().cloned().collect(),
+                        have.into_iter().filter(|t| a.contains(&t.author)).collect(),
+                    ),
+                };
                 st.pull = Some(Pull {
                     id,
                     session,
@@ -696,10 +772,12 @@ impl Replication {
                     last_progress: now,
                     stage: Stage::Requested,
                     transfer_id: String::new(),
+                    want,
                 });
-                debug!(peer = %peer.short(12), id, "pulling");
+                debug!(peer = %peer.short(12), id, authors = authors.len(), "pulling");
                 let req = Message::MemoryRequest(MemoryRequest {
                     id,
+                    authors,
                     sync: Some(SyncRequest {
                         have,
                         max_transfer: Some(self.policy.max_transfer),
@@ -772,6 +850,11 @@ impl Replication {
                             branches: s.branches as usize,
                             refused: s.refused.clone(),
                         });
+                        // What came in goes on at once, not at the next poll.
+                        if s.memories > 0 && !self.connected.is_empty() {
+                            let connected = self.connected.clone();
+                            self.work(self.policy.me, Work::ServedTips, Job::Announce(connected));
+                        }
                         self.outbox.push_back(Io::SendLater {
                             peer,
                             session,
@@ -802,7 +885,7 @@ impl Replication {
         }
     }
 
-    fn start_pull(&mut self, now: Instant, peer: PublicKey, session: SessionId) {
+    fn start_pull(&mut self, now: Instant, peer: PublicKey, session: SessionId, want: Want) {
         let quota = self.quotas.entry(peer).or_default();
         if let Some(reason) = quota.exhausted(now, &self.policy) {
             if !std::mem::replace(&mut quota.warned, true) {
@@ -811,7 +894,7 @@ impl Replication {
             self.emit(ReplicationEvent::PullFailed { peer, reason });
             return;
         }
-        self.work(peer, Work::OurTips, Job::PullTips(peer, session));
+        self.work(peer, Work::OurTips, Job::PullTips(peer, session, want));
     }
 
     fn fail_pull(&mut self, now: Instant, peer: PublicKey, reason: String) {
@@ -844,8 +927,8 @@ impl Replication {
             self.start_send(peer, session, req);
             return;
         }
-        if let Some(session) = st.want_pull.take() {
-            self.start_pull(now, peer, session);
+        if let Some((session, want)) = st.want_pull.take() {
+            self.start_pull(now, peer, session, want);
         }
     }
 }
@@ -1076,5 +1159,176 @@ mod tests {
             peer,
             reason: "no progress".into()
         })));
+    }
+
+    /// The announces in `ios`: (session, tips).
+    fn announces(ios: &[Io]) -> Vec<(SessionId, Vec<BranchTip>)> {
+        ios.iter()
+            .filter_map(|io| match io {
+                Io::Send {
+                    session,
+                    msg: Message::MemoryResponse(r),
+                    if_full: IfFull::Announce,
+                    ..
+                } => Some((*session, r.tips.clone().unwrap_or_default())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A poll with `connected` whose tips read as `tips`; the announces sent.
+    fn poll(
+        r: &mut Replication,
+        now: Instant,
+        connected: Vec<(PublicKey, SessionId)>,
+        tips: Vec<BranchTip>,
+    ) -> Vec<(SessionId, Vec<BranchTip>)> {
+        r.handle(now, Input::Tick { connected });
+        let ios = drain(r);
+        announces(&answer(r, now, &ios, Outcome::Tips(Ok(tips))))
+    }
+
+    #[test]
+    fn announces_carry_only_what_changed_and_a_new_session_hears_everything() {
+        let t = Instant::now();
+        let (me, peer, x, y) = (key(1), key(2), key(3), key(4));
+        let mut r = Replication::new(policy(me));
+        let all = vec![tip(&me, 1), tip(&x, 1), tip(&y, 1)];
+        assert_eq!(
+            poll(&mut r, t, vec![(peer, 5)], all.clone()),
+            vec![(5, all.clone())]
+        );
+        // Nothing changed: nothing sent.
+        assert_eq!(poll(&mut r, t, vec![(peer, 5)], all.clone()), vec![]);
+        // One branch moved: only its tip goes.
+        let moved = vec![tip(&me, 1), tip(&x, 2), tip(&y, 1)];
+        assert_eq!(
+            poll(&mut r, t, vec![(peer, 5)], moved.clone()),
+            vec![(5, vec![tip(&x, 2)])]
+        );
+        // The peer reconnected: everything again.
+        assert_eq!(
+            poll(&mut r, t, vec![(peer, 6)], moved.clone()),
+            vec![(6, moved)]
+        );
+    }
+
+    #[test]
+    fn a_pull_names_the_authors_announced_and_shows_only_their_tips() {
+        let t = Instant::now();
+        let (me, peer, x, y) = (key(1), key(2), key(3), key(4));
+        let mut r = Replication::new(policy(me));
+        let announce = Message::MemoryResponse(MemoryResponse {
+            tips: Some(vec![tip(&x, 2)]),
+            ..Default::default()
+        });
+        r.handle(
+            t,
+            Input::Received {
+                peer,
+                session: 7,
+                msg: announce,
+            },
+        );
+        let ios = drain(&mut r);
+        let ios = answer(&mut r, t, &ios, Outcome::Lacking(Ok(true)));
+        let ours = vec![tip(&me, 9), tip(&x, 1), tip(&y, 4)];
+        let ios = answer(&mut r, t, &ios, Outcome::Tips(Ok(ours)));
+        let [Io::Send {
+            msg: Message::MemoryRequest(q),
+            ..
+        }] = &ios[..]
+        else {
+            panic!("{ios:?}")
+        };
+        assert_eq!(q.authors, vec![x.to_hex()]);
+        assert_eq!(q.sync.as_ref().unwrap().have, vec![tip(&x, 1)]);
+        // Announces of many branches at once (a first announce of a large
+        // store) are pulled whole.
+        let many: Vec<BranchTip> = (0..=MAX_TARGETED_AUTHORS as u16)
+            .map(|n| BranchTip {
+                author: format!("{n:064x}"),
+                tip: "00".repeat(20),
+            })
+            .collect();
+        assert_eq!(Want::of(&many), Want::All);
+        assert_eq!(Want::of(&many[..3]).merge(Want::All), Want::All);
+    }
+
+    #[test]
+    fn memories_that_came_in_are_announced_at_once() {
+        let t = Instant::now();
+        let (me, peer, other) = (key(1), key(2), key(3));
+        let mut r = pulling(me, peer, t);
+        // The last poll saw both peers.
+        r.handle(
+            t,
+            Input::Tick {
+                connected: vec![(peer, 7), (other, 8)],
+            },
+        );
+        let ios = drain(&mut r);
+        answer(&mut r, t, &ios, Outcome::Tips(Ok(vec![])));
+        let transfer = MemoryResponse {
+            id: Some(1),
+            transfer: Some(TransferInfo {
+                transfer_id: "1".into(),
+                total_size: 10,
+                sha256: "00".repeat(32),
+                chunks: 1,
+                commits: 1,
+            }),
+            ..Default::default()
+        };
+        r.handle(
+            t,
+            Input::Received {
+                peer,
+                session: 7,
+                msg: Message::MemoryResponse(transfer),
+            },
+        );
+        let ios = drain(&mut r);
+        answer(&mut r, t, &ios, Outcome::Started(Ok(())));
+        r.handle(
+            t,
+            Input::Received {
+                peer,
+                session: 7,
+                msg: Message::GitBundle(GitBundle {
+                    transfer_id: "1".into(),
+                    index: 0,
+                    total_size: 10,
+                    sha256: "00".repeat(32),
+                    data: vec![0; 10],
+                }),
+            },
+        );
+        let ios = drain(&mut r);
+        let ios = answer(&mut r, t, &ios, Outcome::Chunk(Ok(true)));
+        let summary = IngestSummary {
+            memories: 1,
+            branches: 1,
+            ..Default::default()
+        };
+        let ios = answer(&mut r, t, &ios, Outcome::Ingested(Ok(summary)));
+        // Without waiting for a poll, our tips are read to announce them.
+        let announce_work = ios.iter().any(|io| {
+            matches!(
+                io,
+                Io::Work {
+                    work: Work::ServedTips,
+                    ..
+                }
+            )
+        });
+        assert!(announce_work, "{ios:?}");
+        let sent = announces(&answer(
+            &mut r,
+            t,
+            &ios,
+            Outcome::Tips(Ok(vec![tip(&peer, 1)])),
+        ));
+        assert_eq!(sent.len(), 2, "both peers hear it: {sent:?}");
     }
 }

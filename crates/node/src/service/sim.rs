@@ -426,7 +426,11 @@ impl World {
             RIo::Serve { peer, session, req } => {
                 let store = &self.nodes[n].store;
                 let have = req.sync.map(|s| s.have).unwrap_or_default();
-                let chains = store.bundle(&have);
+                let mut chains = store.bundle(&have);
+                // A targeted pull gets the branches it names only.
+                if !req.authors.is_empty() {
+                    chains.retain(|(a, _)| req.authors.contains(a));
+                }
                 let tips = store.tips();
                 let mut sent = None;
                 if chains.is_empty() {
