@@ -17,6 +17,7 @@
 //! | `MMOGIT_MESH_SEED` | 1 | seed |
 //! | `MMOGIT_MESH_PARTITION` | `100,1000` | node counts of the partition scenario (`none` to skip) |
 //! | `MMOGIT_MESH_VERIFY` | `every` | `memo`: verify each record once per process (same outcomes) |
+//! | `MMOGIT_MESH_PROGRESS` | unset | set: a line of progress per simulated second on stderr |
 //!
 //! Memory per node: a counting global allocator charges every allocation
 //! to the node whose input the simulator was handling when it was made
@@ -203,6 +204,7 @@ fn main() {
         let mut r = MeshRun::new(n, m, seed);
         r.window = window;
         r.cfg.verify = verify;
+        r.progress = std::env::var("MMOGIT_MESH_PROGRESS").is_ok();
         run(&format!("N = {n}, {m} memories"), &r);
     }
     for &n in &parts {
@@ -210,6 +212,7 @@ fn main() {
         r.partition = Some(Duration::from_secs(60));
         r.window = Duration::from_secs(50);
         r.cfg.verify = verify;
+        r.progress = std::env::var("MMOGIT_MESH_PROGRESS").is_ok();
         run(
             &format!(
                 "N = {n}, split in half for 60 s, {} memories written during the split",

@@ -637,6 +637,27 @@ impl World {
         self.undelivered
     }
 
+    /// One line: simulated time, undelivered memories, events queued,
+    /// inputs waiting for busy nodes, messages sent so far.
+    pub fn progress(&self) -> String {
+        let backlog: usize = self.nodes.iter().map(|n| n.backlog.len()).sum();
+        let late = self
+            .nodes
+            .iter()
+            .map(|n| n.busy_until.saturating_duration_since(self.now))
+            .max()
+            .unwrap_or_default();
+        format!(
+            "t={:.1}s undelivered={} queued events={} waiting inputs={} busiest node busy for {:.1}s more, messages {}",
+            self.now.duration_since(self.t0).as_secs_f64(),
+            self.undelivered,
+            self.queue.len(),
+            backlog,
+            late.as_secs_f64(),
+            self.metrics.msgs.iter().sum::<u64>()
+        )
+    }
+
     /// Starts every running node's polling.
     pub fn start(&mut self) {
         for i in 0..self.nodes.len() {
@@ -1729,6 +1750,8 @@ pub struct MeshRun {
     pub partition: Option<Duration>,
     /// Give up this long after the last write (or the heal).
     pub max_time: Duration,
+    /// Print a line of progress on stderr every simulated second.
+    pub progress: bool,
 }
 
 /// What [`run_mesh`] measured.
@@ -1752,6 +1775,7 @@ impl MeshRun {
             cfg: SimConfig::wan(),
             partition: None,
             max_time: Duration::from_secs(600),
+            progress: false,
         }
     }
 }
@@ -1784,9 +1808,21 @@ pub fn run_mesh(r: &MeshRun) -> MeshResult {
         })
         .collect();
     writes.sort();
+    let mut shown = w.t0;
+    let mut show = |w: &World| {
+        if r.progress && w.now >= shown + Duration::from_secs(1) {
+            shown = w.now;
+            eprintln!(
+                "{} (wall {:.1}s)",
+                w.progress(),
+                wall.elapsed().as_secs_f64()
+            );
+        }
+    };
     for (t, a) in writes {
         w.run_until(begin + t);
         w.remember_idx(a);
+        show(&w);
     }
     let from = heal.unwrap_or(w.now).max(w.now);
     w.run_until(from);
@@ -1794,6 +1830,7 @@ pub fn run_mesh(r: &MeshRun) -> MeshResult {
     while w.undelivered() > 0 && w.now < deadline {
         let next = w.now + Duration::from_millis(100);
         w.run_until(next);
+        show(&w);
     }
     let report = w.report();
     let converged_after_heal = heal.and_then(|h| {
