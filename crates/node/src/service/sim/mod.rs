@@ -1975,9 +1975,10 @@ mod tests {
         w.remember_idx(0);
         w.run_until(w.t0 + secs(25.0));
         let k0 = w.nodes[0].key;
-        // Node 2's neighbours refused the forgery; nobody took it (branch
-        // 0 stays one memory long everywhere, the real one, or is refused
-        // where the forgery came first).
+        // Node 2's neighbours pulled the forgery and refused it (its
+        // signature does not verify); every node but the forger holds the
+        // real memory alone (the forger refuses it: to it, a rewritten
+        // history).
         assert!(w.metrics.forged_refused >= 1, "{:?}", w.report());
         for (i, x) in w.nodes.iter().enumerate() {
             if i == 2 {
