@@ -99,7 +99,11 @@ pub(crate) fn answer_sync(
     authors: &[String],
 ) -> Result<SyncAnswer, ReplicateError> {
     let store = open(&cfg.repo)?;
-    let tips = served_tips(cfg, &store)?;
+    let mut tips = served_tips(cfg, &store)?;
+    if !authors.is_empty() {
+        // The answer's tips too are those of the branches asked for.
+        tips.retain(|t| authors.contains(&t.author));
+    }
     let have = parse_tips(&req.have);
     // Keys that do not parse name no branch we could hold.
     let mut only: Option<Vec<PublicKey>> =
