@@ -278,6 +278,13 @@ struct PeerState {
     /// An announce arrived while busy: pull again when idle, on this
     /// session, what it named.
     want_pull: Option<(SessionId, Want)>,
+    /// Tips this peer announced (author → tip, on this session) that a
+    /// pull from another peer is fetching now: looked at again when that
+    /// pull ends, and pulled from here only if still lacking (the lazy
+    /// path that recovers a pull that failed).
+    parked: Option<(SessionId, BTreeMap<String, String>)>,
+    /// A pull being prepared (our tips are being read): what it will ask.
+    starting: Option<Want>,
     /// Tips announced to this peer (author → tip), and on which session:
     /// later announces carry only what changed; a peer that reconnected
     /// hears everything again.
@@ -344,7 +351,7 @@ impl Quota {
 #[derive(Debug)]
 enum Job {
     Announce(Vec<(PublicKey, SessionId)>),
-    Lacking(PublicKey, SessionId, Want),
+    Lacking(PublicKey, SessionId, Vec<BranchTip>),
     PullTips(PublicKey, SessionId, Want),
     Start(PublicKey, u64, u64, String),
     Chunk(PublicKey, u64, SessionId),
@@ -537,6 +544,9 @@ impl Replication {
             if st.want_pull.as_ref().is_some_and(|(s, _)| *s == session) {
                 st.want_pull = None;
             }
+            if st.parked.as_ref().is_some_and(|(s, _)| *s == session) {
+                st.parked = None;
+            }
             if st.announced.as_ref().is_some_and(|(s, _)| *s == session) {
                 st.announced = None;
             }
@@ -642,8 +652,11 @@ impl Replication {
         let Some(id) = r.id else {
             // An announce.
             if let Some(tips) = r.tips {
-                let want = Want::of(&tips);
-                self.work(peer, Work::Lacking(tips), Job::Lacking(peer, session, want));
+                self.work(
+                    peer,
+                    Work::Lacking(tips.clone()),
+                    Job::Lacking(peer, session, tips),
+                );
             }
             return;
         };
@@ -729,10 +742,13 @@ impl Replication {
                 Ok(tips) => self.announce(tips, connected),
                 Err(e) => debug!(error = %e, "cannot read our tips"),
             },
-            (Job::Lacking(peer, session, want), Outcome::Lacking(lacks)) => {
+            (Job::Lacking(peer, session, tips), Outcome::Lacking(lacks)) => {
                 if !lacks.unwrap_or(false) {
                     return;
                 }
+                let Some(want) = self.park_covered(peer, session, tips) else {
+                    return;
+                };
                 let st = self.peers.entry(peer).or_default();
                 if st.pull.is_some() || st.sending {
                     st.defer_pull(session, want);
@@ -741,6 +757,9 @@ impl Replication {
                 self.start_pull(now, peer, session, want);
             }
             (Job::PullTips(peer, session, want), Outcome::Tips(have)) => {
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.starting = None;
+                }
                 let have = match have {
                     Ok(t) => t,
                     Err(e) => {
@@ -894,6 +913,8 @@ impl Replication {
             self.emit(ReplicationEvent::PullFailed { peer, reason });
             return;
         }
+        // Seen as in flight from now on, before our tips are read.
+        self.peers.entry(peer).or_default().starting = Some(want.clone());
         self.work(peer, Work::OurTips, Job::PullTips(peer, session, want));
     }
 
@@ -915,8 +936,104 @@ impl Replication {
         self.after_pull(now, peer);
     }
 
-    /// Serves a deferred request, or pulls again if an announce came meanwhile.
+    /// What pulls from peers other than `peer` are fetching now: every
+    /// author (a pull of everything), or these authors.
+    fn in_flight_elsewhere(&self, peer: &PublicKey) -> (bool, BTreeSet<String>) {
+        let mut authors = BTreeSet::new();
+        for (k, st) in &self.peers {
+            if k == peer {
+                continue;
+            }
+            match st.pull.as_ref().map(|p| &p.want).or(st.starting.as_ref()) {
+                Some(Want::All) => return (true, BTreeSet::new()),
+                Some(Want::Authors(a)) => authors.extend(a.iter().cloned()),
+                None => {}
+            }
+        }
+        (false, authors)
+    }
+
+    /// Of the lacking `tips` `peer` announced, parks those whose authors a
+    /// pull from another peer is fetching now (one transfer per memory,
+    /// not one per peer that announced it); what is left to pull from
+    /// `peer`, if anything.
+    fn park_covered(
+        &mut self,
+        peer: PublicKey,
+        session: SessionId,
+        tips: Vec<BranchTip>,
+    ) -> Option<Want> {
+        let want = Want::of(&tips);
+        let Want::Authors(asked) = want else {
+            return Some(Want::All);
+        };
+        let (all, busy) = self.in_flight_elsewhere(&peer);
+        let (park, rest): (Vec<BranchTip>, Vec<BranchTip>) = tips
+            .into_iter()
+            .partition(|t| all || busy.contains(&t.author));
+        if !park.is_empty() {
+            let st = self.peers.entry(peer).or_default();
+            let parked = match &mut st.parked {
+                Some((s, p)) if *s == session => p,
+                other => &mut other.insert((session, BTreeMap::new())).1,
+            };
+            for t in park {
+                parked.insert(t.author, t.tip);
+            }
+            debug!(peer = %peer.short(12), parked = parked.len(), "announced tips parked: pulled from another peer now");
+        }
+        let rest: BTreeSet<String> = rest.into_iter().map(|t| t.author).collect();
+        let rest: BTreeSet<String> = asked.intersection(&rest).cloned().collect();
+        (!rest.is_empty()).then_some(Want::Authors(rest))
+    }
+
+    /// Parked tips whose pull elsewhere has ended are looked at again: if
+    /// still lacking (that pull failed, or brought an older tip), they are
+    /// pulled from the peer that announced them.
+    fn unpark(&mut self) {
+        let mut again = vec![];
+        for k in self.peers.keys().copied().collect::<Vec<_>>() {
+            let (all, busy) = self.in_flight_elsewhere(&k);
+            if all {
+                continue;
+            }
+            let st = self.peers.get_mut(&k).expect("a key of the map");
+            let Some((session, parked)) = &mut st.parked else {
+                continue;
+            };
+            let free: Vec<BranchTip> = parked
+                .iter()
+                .filter(|(a, _)| !busy.contains(*a))
+                .map(|(a, t)| BranchTip {
+                    author: a.clone(),
+                    tip: t.clone(),
+                })
+                .collect();
+            if free.is_empty() {
+                continue;
+            }
+            for t in &free {
+                parked.remove(&t.author);
+            }
+            let session = *session;
+            if parked.is_empty() {
+                st.parked = None;
+            }
+            again.push((k, session, free));
+        }
+        for (peer, session, tips) in again {
+            self.work(
+                peer,
+                Work::Lacking(tips.clone()),
+                Job::Lacking(peer, session, tips),
+            );
+        }
+    }
+
+    /// Serves a deferred request, or pulls again if an announce came
+    /// meanwhile; tips parked for this pull are looked at again.
     fn after_pull(&mut self, now: Instant, peer: PublicKey) {
+        self.unpark();
         let Some(st) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -1330,5 +1447,79 @@ mod tests {
             Outcome::Tips(Ok(vec![tip(&peer, 1)])),
         ));
         assert_eq!(sent.len(), 2, "both peers hear it: {sent:?}");
+    }
+
+    #[test]
+    fn a_memory_being_pulled_from_one_peer_is_not_pulled_from_another_unless_that_fails() {
+        let t = Instant::now();
+        let (me, p1, p2, x) = (key(1), key(2), key(3), key(4));
+        let mut r = Replication::new(policy(me));
+        let hears = |r: &mut Replication, peer: PublicKey, session: SessionId| {
+            let announce = Message::MemoryResponse(MemoryResponse {
+                tips: Some(vec![tip(&x, 2)]),
+                ..Default::default()
+            });
+            r.handle(
+                t,
+                Input::Received {
+                    peer,
+                    session,
+                    msg: announce,
+                },
+            );
+            let ios = drain(r);
+            answer(r, t, &ios, Outcome::Lacking(Ok(true)))
+        };
+        // p1 announces x's new tip: a pull from p1 starts.
+        let ios = hears(&mut r, p1, 5);
+        assert!(
+            matches!(
+                &ios[..],
+                [Io::Work {
+                    work: Work::OurTips,
+                    ..
+                }]
+            ),
+            "{ios:?}"
+        );
+        // p2 announces the same before that pull is even sent: parked.
+        assert_eq!(hears(&mut r, p2, 6), vec![], "no second pull");
+        let ios = answer(&mut r, t, &ios, Outcome::Tips(Ok(vec![tip(&x, 1)])));
+        let [Io::Send {
+            msg: Message::MemoryRequest(q),
+            ..
+        }] = &ios[..]
+        else {
+            panic!("{ios:?}")
+        };
+        assert_eq!(q.authors, vec![x.to_hex()]);
+        // The pull from p1 fails: p2's announce is looked at again...
+        r.handle(
+            t,
+            Input::Received {
+                peer: p1,
+                session: 5,
+                msg: Message::MemoryResponse(MemoryResponse {
+                    id: Some(q.id),
+                    error: Some("busy".into()),
+                    ..Default::default()
+                }),
+            },
+        );
+        let ios = drain(&mut r);
+        let again = ios.iter().any(|io| {
+            matches!(io, Io::Work { peer, work: Work::Lacking(tips), .. } if *peer == p2 && *tips == vec![tip(&x, 2)])
+        });
+        assert!(again, "{ios:?}");
+        // ...and, still lacking, pulled from p2.
+        let ios: Vec<Io> = ios
+            .into_iter()
+            .filter(|io| matches!(io, Io::Work { .. }))
+            .collect();
+        let ios = answer(&mut r, t, &ios, Outcome::Lacking(Ok(true)));
+        assert!(
+            matches!(&ios[..], [Io::Work { peer, work: Work::OurTips, .. }] if *peer == p2),
+            "{ios:?}"
+        );
     }
 }
