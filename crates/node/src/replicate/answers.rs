@@ -59,15 +59,22 @@ pub fn parse_tips(tips: &[BranchTip]) -> Vec<(PublicKey, Oid)> {
         .collect()
 }
 
-/// Whether `theirs` holds a tip we lack: one we do not have, or that is not
-/// an ancestor of (or equal to) our tip of that branch.
-pub(crate) fn lacking(store: &Store, theirs: &[(PublicKey, Oid)]) -> bool {
+/// The tips of `theirs` we lack: one we do not have, or that is not an
+/// ancestor of (or equal to) our tip of that branch. Malformed tips are
+/// left out.
+pub(crate) fn lacking(store: &Store, theirs: Vec<BranchTip>) -> Vec<BranchTip> {
     theirs
-        .iter()
-        .any(|(pk, t)| match store.tip(pk).ok().flatten() {
-            Some(ours) => !store.includes(ours, *t),
-            None => true,
+        .into_iter()
+        .filter(|t| {
+            let (Ok(pk), Ok(tip)) = (t.author.parse::<PublicKey>(), Oid::from_str(&t.tip)) else {
+                return false;
+            };
+            match store.tip(&pk).ok().flatten() {
+                Some(ours) => !store.includes(ours, tip),
+                None => true,
+            }
         })
+        .collect()
 }
 
 /// Whether a peer whose tips are `theirs` lacks any of `ours`.

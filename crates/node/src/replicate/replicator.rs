@@ -12,8 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::answers::{
-    answer_query, answer_sync, blocking, lacking, open, parse_tips, served_tips, summary, tips_of,
-    SyncAnswer,
+    answer_query, answer_sync, blocking, lacking, open, served_tips, summary, tips_of, SyncAnswer,
 };
 use super::error::ReplicateError;
 use super::transfer::{ingest_tag, send_bundle, ChunkSink, Incoming};
@@ -254,7 +253,7 @@ impl Replicator {
                     .map_err(text),
             ),
             Work::Lacking(tips) => Outcome::Lacking(
-                blocking(move || Ok(lacking(&open(&cfg.repo)?, &parse_tips(&tips))))
+                blocking(move || Ok(lacking(&open(&cfg.repo)?, tips)))
                     .await
                     .map_err(text),
             ),

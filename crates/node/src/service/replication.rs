@@ -130,7 +130,7 @@ pub enum Work {
     ServedTips,
     /// All our tips (the `have` of a pull) → [`Outcome::Tips`].
     OurTips,
-    /// Whether these tips of a peer hold anything we lack → [`Outcome::Lacking`].
+    /// Which of these tips of a peer we lack → [`Outcome::Lacking`].
     Lacking(Vec<BranchTip>),
     /// Open the incoming transfer of `peer` (its checks, its file) →
     /// [`Outcome::Started`].
@@ -145,7 +145,8 @@ pub enum Work {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Tips(Result<Vec<BranchTip>, String>),
-    Lacking(Result<bool, String>),
+    /// The tips we lack, of those asked about.
+    Lacking(Result<Vec<BranchTip>, String>),
     Started(Result<(), String>),
     /// Ok(true) when the transfer is complete.
     Chunk(Result<bool, String>),
@@ -292,6 +293,17 @@ struct PeerState {
 }
 
 impl PeerState {
+    /// Keeps announced `tips` to look at again when a pull ends.
+    fn park(&mut self, session: SessionId, tips: Vec<BranchTip>) {
+        let parked = match &mut self.parked {
+            Some((s, p)) if *s == session => p,
+            other => &mut other.insert((session, BTreeMap::new())).1,
+        };
+        for t in tips {
+            parked.insert(t.author, t.tip);
+        }
+    }
+
     /// Pull `want` on `session` once the transfer running with this peer
     /// ends (merged with what is already waiting).
     fn defer_pull(&mut self, session: SessionId, want: Want) {
@@ -351,7 +363,7 @@ impl Quota {
 #[derive(Debug)]
 enum Job {
     Announce(Vec<(PublicKey, SessionId)>),
-    Lacking(PublicKey, SessionId, Vec<BranchTip>),
+    Lacking(PublicKey, SessionId),
     PullTips(PublicKey, SessionId, Want),
     Start(PublicKey, u64, u64, String),
     Chunk(PublicKey, u64, SessionId),
@@ -495,6 +507,9 @@ impl Replication {
         for peer in due {
             self.after_pull(now, peer);
         }
+        // Parked tips whose reason went away without a pull ending (a pull
+        // that never started) are looked at again within a poll.
+        self.unpark();
         self.peers.retain(|k, st| {
             connected.iter().any(|(c, _)| c == k) || st.pull.is_some() || st.sending
         });
@@ -652,11 +667,7 @@ impl Replication {
         let Some(id) = r.id else {
             // An announce.
             if let Some(tips) = r.tips {
-                self.work(
-                    peer,
-                    Work::Lacking(tips.clone()),
-                    Job::Lacking(peer, session, tips),
-                );
+                self.work(peer, Work::Lacking(tips), Job::Lacking(peer, session));
             }
             return;
         };
@@ -742,18 +753,23 @@ impl Replication {
                 Ok(tips) => self.announce(tips, connected),
                 Err(e) => debug!(error = %e, "cannot read our tips"),
             },
-            (Job::Lacking(peer, session, tips), Outcome::Lacking(lacks)) => {
-                if !lacks.unwrap_or(false) {
+            (Job::Lacking(peer, session), Outcome::Lacking(lacks)) => {
+                // Only what we lack is pulled: naming a branch we are
+                // ahead on would bring all of it again.
+                let tips = lacks.unwrap_or_default();
+                if tips.is_empty() {
+                    return;
+                }
+                let st = self.peers.entry(peer).or_default();
+                if st.pull.is_some() || st.sending || st.starting.is_some() {
+                    // Busy with this peer: looked at again (still lacking?
+                    // pulled from elsewhere meanwhile?) when that ends.
+                    st.park(session, tips);
                     return;
                 }
                 let Some(want) = self.park_covered(peer, session, tips) else {
                     return;
                 };
-                let st = self.peers.entry(peer).or_default();
-                if st.pull.is_some() || st.sending {
-                    st.defer_pull(session, want);
-                    return;
-                }
                 self.start_pull(now, peer, session, want);
             }
             (Job::PullTips(peer, session, want), Outcome::Tips(have)) => {
@@ -972,15 +988,8 @@ impl Replication {
             .into_iter()
             .partition(|t| all || busy.contains(&t.author));
         if !park.is_empty() {
-            let st = self.peers.entry(peer).or_default();
-            let parked = match &mut st.parked {
-                Some((s, p)) if *s == session => p,
-                other => &mut other.insert((session, BTreeMap::new())).1,
-            };
-            for t in park {
-                parked.insert(t.author, t.tip);
-            }
-            debug!(peer = %peer.short(12), parked = parked.len(), "announced tips parked: pulled from another peer now");
+            debug!(peer = %peer.short(12), parked = park.len(), "announced tips parked: pulled from another peer now");
+            self.peers.entry(peer).or_default().park(session, park);
         }
         let rest: BTreeSet<String> = rest.into_iter().map(|t| t.author).collect();
         let rest: BTreeSet<String> = asked.intersection(&rest).cloned().collect();
@@ -998,6 +1007,9 @@ impl Replication {
                 continue;
             }
             let st = self.peers.get_mut(&k).expect("a key of the map");
+            if st.pull.is_some() || st.sending || st.starting.is_some() {
+                continue;
+            }
             let Some((session, parked)) = &mut st.parked else {
                 continue;
             };
@@ -1022,11 +1034,7 @@ impl Replication {
             again.push((k, session, free));
         }
         for (peer, session, tips) in again {
-            self.work(
-                peer,
-                Work::Lacking(tips.clone()),
-                Job::Lacking(peer, session, tips),
-            );
+            self.work(peer, Work::Lacking(tips), Job::Lacking(peer, session));
         }
     }
 
@@ -1122,7 +1130,7 @@ mod tests {
             },
         );
         let ios = drain(&mut r);
-        let ios = answer(&mut r, now, &ios, Outcome::Lacking(Ok(true)));
+        let ios = answer(&mut r, now, &ios, Outcome::Lacking(Ok(vec![tip(&peer, 1)])));
         let ios = answer(&mut r, now, &ios, Outcome::Tips(Ok(vec![])));
         assert!(
             matches!(&ios[..], [Io::Send { msg: Message::MemoryRequest(q), if_full: IfFull::Pull(1), .. }] if q.sync.is_some()),
@@ -1220,10 +1228,25 @@ mod tests {
             },
         );
         let ios = drain(&mut r);
-        assert_eq!(answer(&mut r, t, &ios, Outcome::Lacking(Ok(true))), vec![]);
-        // The send ends: now the pull starts.
+        assert_eq!(
+            answer(&mut r, t, &ios, Outcome::Lacking(Ok(vec![tip(&peer, 5)]))),
+            vec![]
+        );
+        // The send ends: the announce is looked at again (still lacking?),
+        // then the pull starts.
         r.handle(t, Input::Served { peer, sent: None });
         let ios = drain(&mut r);
+        assert!(
+            matches!(
+                &ios[..],
+                [Io::Work {
+                    work: Work::Lacking(_),
+                    ..
+                }]
+            ),
+            "{ios:?}"
+        );
+        let ios = answer(&mut r, t, &ios, Outcome::Lacking(Ok(vec![tip(&peer, 5)])));
         let ios = answer(&mut r, t, &ios, Outcome::Tips(Ok(vec![])));
         let Some(Io::Send { if_full, .. }) = ios.first() else {
             panic!("{ios:?}")
@@ -1348,7 +1371,7 @@ mod tests {
             },
         );
         let ios = drain(&mut r);
-        let ios = answer(&mut r, t, &ios, Outcome::Lacking(Ok(true)));
+        let ios = answer(&mut r, t, &ios, Outcome::Lacking(Ok(vec![tip(&x, 2)])));
         let ours = vec![tip(&me, 9), tip(&x, 1), tip(&y, 4)];
         let ios = answer(&mut r, t, &ios, Outcome::Tips(Ok(ours)));
         let [Io::Send {
@@ -1468,7 +1491,7 @@ mod tests {
                 },
             );
             let ios = drain(r);
-            answer(r, t, &ios, Outcome::Lacking(Ok(true)))
+            answer(r, t, &ios, Outcome::Lacking(Ok(vec![tip(&x, 2)])))
         };
         // p1 announces x's new tip: a pull from p1 starts.
         let ios = hears(&mut r, p1, 5);
@@ -1516,7 +1539,7 @@ mod tests {
             .into_iter()
             .filter(|io| matches!(io, Io::Work { .. }))
             .collect();
-        let ios = answer(&mut r, t, &ios, Outcome::Lacking(Ok(true)));
+        let ios = answer(&mut r, t, &ios, Outcome::Lacking(Ok(vec![tip(&x, 2)])));
         assert!(
             matches!(&ios[..], [Io::Work { peer, work: Work::OurTips, .. }] if *peer == p2),
             "{ios:?}"

@@ -1339,12 +1339,13 @@ impl World {
             }
             Work::Lacking(tips) => {
                 let cost = c.lacking_per_tip * tips.len() as u32;
-                let lacks =
-                    tips.iter()
-                        .any(|t| match (self.author_of(&t.author), parse_oid(&t.tip)) {
-                            (Some(a), Some(x)) => !self.holds(n, a, x),
-                            _ => false,
-                        });
+                let lacks: Vec<BranchTip> = tips
+                    .into_iter()
+                    .filter(|t| match (self.author_of(&t.author), parse_oid(&t.tip)) {
+                        (Some(a), Some(x)) => !self.holds(n, a, x),
+                        _ => false,
+                    })
+                    .collect();
                 (Outcome::Lacking(Ok(lacks)), cost)
             }
             Work::Start(info) => {
