@@ -286,10 +286,10 @@ struct PeerState {
     parked: Option<(SessionId, BTreeMap<String, String>)>,
     /// A pull being prepared (our tips are being read): what it will ask.
     starting: Option<Want>,
-    /// Tips announced to this peer (author → tip), and on which session:
-    /// later announces carry only what changed; a peer that reconnected
-    /// hears everything again.
-    announced: Option<(SessionId, BTreeMap<String, String>)>,
+    /// The version of our tips announced to this peer, and on which
+    /// session: a peer one version behind hears only what changed; a peer
+    /// that reconnected (or fell further behind) hears everything again.
+    announced: Option<(SessionId, u64)>,
 }
 
 impl PeerState {
@@ -386,6 +386,12 @@ pub struct Replication {
     /// The peer sessions of the last poll: new memories are announced to
     /// them as soon as they are in, not at the next poll.
     connected: Vec<(PublicKey, SessionId)>,
+    /// Our tips as last read, their version (it grows when they change)
+    /// and what changed in the last version: the work of an announce is
+    /// done once per poll, not once per peer.
+    tips: Vec<BranchTip>,
+    version: u64,
+    changed: Vec<BranchTip>,
 }
 
 impl Replication {
@@ -400,6 +406,9 @@ impl Replication {
             next_job: 1,
             outbox: VecDeque::new(),
             connected: Vec::new(),
+            tips: Vec::new(),
+            version: 0,
+            changed: Vec::new(),
         }
     }
 
@@ -527,22 +536,31 @@ impl Replication {
     /// Announces to each peer the tips it has not heard on its session:
     /// all of them on a new session, then only those that changed.
     fn announce(&mut self, tips: Vec<BranchTip>, connected: Vec<(PublicKey, SessionId)>) {
-        for (peer, session) in connected {
-            let st = self.peers.entry(peer).or_default();
-            let heard = match &mut st.announced {
-                Some((s, heard)) if *s == session => heard,
-                other => &mut other.insert((session, BTreeMap::new())).1,
-            };
-            let delta: Vec<BranchTip> = tips
+        if tips != self.tips {
+            let before: BTreeMap<&str, &str> = self
+                .tips
                 .iter()
-                .filter(|t| heard.get(&t.author) != Some(&t.tip))
+                .map(|t| (t.author.as_str(), t.tip.as_str()))
+                .collect();
+            self.changed = tips
+                .iter()
+                .filter(|t| before.get(t.author.as_str()) != Some(&t.tip.as_str()))
                 .cloned()
                 .collect();
+            self.version += 1;
+            self.tips = tips;
+        }
+        let version = self.version;
+        for (peer, session) in connected {
+            let st = self.peers.entry(peer).or_default();
+            let delta = match st.announced {
+                Some((s, v)) if s == session && v == version => continue,
+                Some((s, v)) if s == session && v + 1 == version => self.changed.clone(),
+                _ => self.tips.clone(),
+            };
+            st.announced = Some((session, version));
             if delta.is_empty() {
                 continue;
-            }
-            for t in &delta {
-                heard.insert(t.author.clone(), t.tip.clone());
             }
             debug!(peer = %peer.short(12), branches = delta.len(), "announcing tips");
             let msg = Message::MemoryResponse(MemoryResponse {
