@@ -1,5 +1,6 @@
 //! Version 2's encrypted channel, without I/O: a Noise handshake, then
-//! Noise transport messages that carry the frame stream of [`crate::codec`].
+//! Noise transport messages that carry the frame stream (`codec.rs`, which
+//! does not depend on this module).
 //!
 //! * Patterns: [`PROTOCOL_XK`] when the initiator knows the responder's key
 //!   (the usual case: `p2p add --pubkey`, a git-URL peer's branch, an mDNS
@@ -11,7 +12,7 @@
 //!   naming the pattern ([`Pattern`]). The prologue is `"mmogit/2"` followed
 //!   by that byte, so changing it breaks the handshake.
 //! * After the handshake, the plaintext of the transport messages is the
-//!   stream of `[u32 BE length][JSON]` frames (`crate::codec`), split into
+//!   stream of `[u32 BE length][JSON]` frames (`codec.rs`), split into
 //!   pieces of at most [`MAX_PLAINTEXT`] bytes; the receiver decrypts each
 //!   message and feeds the bytes to the frame decoder.
 //!
