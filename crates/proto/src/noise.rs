@@ -362,6 +362,7 @@ impl Handshake {
     /// The encrypted channel, once the handshake is complete.
     pub fn into_transport(self) -> Result<Transport, NoiseError> {
         let state = self.state.ok_or(NoiseError::OutOfOrder)?;
+        let pattern = self.pattern.ok_or(NoiseError::OutOfOrder)?;
         let hash: [u8; 32] = state
             .get_handshake_hash()
             .try_into()
@@ -379,6 +380,7 @@ impl Handshake {
             inbuf: self.inbuf,
             hash,
             remote,
+            pattern,
             max_message: MAX_NOISE_MESSAGE,
         })
     }
@@ -390,6 +392,7 @@ pub struct Transport {
     inbuf: Vec<u8>,
     hash: [u8; 32],
     remote: [u8; 32],
+    pattern: Pattern,
     /// Longest transport message accepted (ciphertext, tag included).
     max_message: usize,
 }
@@ -405,8 +408,13 @@ impl Transport {
 
     /// The handshake hash `h`: both sides hold the same one, nobody else
     /// does. Version 2 binds the session id to it.
-    pub fn handshake_hash(&self) -> [u8; 32] {
-        self.hash
+    pub fn handshake_hash(&self) -> &[u8; 32] {
+        &self.hash
+    }
+
+    /// The handshake pattern the channel was made with.
+    pub fn pattern(&self) -> Pattern {
+        self.pattern
     }
 
     /// The peer's static X25519 key: the peer's Ed25519 key (from its

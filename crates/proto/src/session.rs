@@ -242,9 +242,6 @@ pub struct Session {
     expected: Option<PublicKey>,
     rng: Box<dyn RngCore + Send>,
     channel: Channel,
-    /// The Noise handshake hash, once the channel is up.
-    handshake_hash: Option<[u8; 32]>,
-    pattern: Option<Pattern>,
     decoder: FrameDecoder,
     state: State,
     /// Our Hello payload, kept until the session id is computed.
@@ -424,8 +421,6 @@ impl Session {
         Session {
             role,
             channel: Channel::Handshake(Box::new(handshake)),
-            handshake_hash: None,
-            pattern: None,
             decoder: FrameDecoder::new(config.max_frame_len.min(PRE_AUTH_MAX_FRAME_LEN)),
             identity,
             config,
@@ -478,22 +473,25 @@ impl Session {
     /// Heap bytes held for input: the frame decoder's and the channel's
     /// (0 between frames).
     pub fn buffered_input(&self) -> usize {
-        let channel = match &self.channel {
-            Channel::Transport(t) => t.buffered(),
-            _ => 0,
-        };
-        self.decoder.capacity() + channel
+        self.decoder.capacity() + self.transport().map_or(0, Transport::buffered)
     }
 
     /// The Noise pattern of the channel, once the handshake is done
     /// ([`Pattern::Xk`] when the initiator knew the acceptor's key).
     pub fn pattern(&self) -> Option<Pattern> {
-        self.pattern
+        self.transport().map(Transport::pattern)
     }
 
     /// The Noise handshake hash, once the channel is up.
     pub fn handshake_hash(&self) -> Option<&[u8; 32]> {
-        self.handshake_hash.as_ref()
+        self.transport().map(Transport::handshake_hash)
+    }
+
+    fn transport(&self) -> Option<&Transport> {
+        match &self.channel {
+            Channel::Transport(t) => Some(t),
+            _ => None,
+        }
     }
 
     /// The next bytes to write, whole (a handshake message, or the
@@ -611,10 +609,7 @@ impl Session {
                 Ok(_) => self.on_plain(now, &plain)?,
             }
         }
-        let partial = match &self.channel {
-            Channel::Transport(t) => t.buffered() > 0,
-            _ => false,
-        };
+        let partial = self.transport().is_some_and(|t| t.buffered() > 0);
         if (partial || self.decoder.in_frame()) && self.frame_started.is_none() {
             self.frame_started = Some(now);
         }
@@ -635,10 +630,7 @@ impl Session {
         let Channel::Handshake(hs) = std::mem::replace(&mut self.channel, Channel::Gone) else {
             return Err(ProtoError::InvalidSend("a second handshake"));
         };
-        let pattern = hs.pattern();
         let t = hs.into_transport().map_err(ProtoError::Noise)?;
-        self.handshake_hash = Some(t.handshake_hash());
-        self.pattern = pattern;
         self.channel = Channel::Transport(Box::new(t));
         self.state = State::AwaitHello;
         self.frame_started = None;
@@ -767,7 +759,7 @@ impl Session {
                 return;
             }
         }
-        if let Channel::Transport(t) = &self.channel {
+        if let Some(t) = self.transport() {
             if t.buffered() > 0 {
                 let _ = self.fail(
                     now,
@@ -1142,12 +1134,11 @@ impl Session {
             })?;
         // The key in the Hello must be the one the Noise handshake
         // authenticated: its holder is at the other end of this channel.
-        let Channel::Transport(t) = &self.channel else {
-            return Err(ProtoError::NotEstablished);
-        };
+        let t = self.transport().ok_or(ProtoError::NotEstablished)?;
         if !t.is_peer(&pubkey) {
             return Err(ProtoError::ChannelKeyMismatch);
         }
+        let h = *t.handshake_hash();
         pubkey
             .verify(
                 &hello_signed_bytes(&raw.payload),
@@ -1155,9 +1146,6 @@ impl Session {
             )
             .map_err(|_| ProtoError::BadSignature { msg_type: "Hello" })?;
         let own = std::mem::take(&mut self.own_hello);
-        let h = self
-            .handshake_hash
-            .expect("a Hello is read only inside the channel");
         let sid = match self.role {
             Role::Initiator => compute_session_id(&h, &own, &raw.payload),
             Role::Acceptor => compute_session_id(&h, &raw.payload, &own),

@@ -104,7 +104,7 @@ fn session() -> Value {
     assert_eq!(r3, m3);
     assert!(matches!(hr.handle_input(&r3).unwrap(), Step::Done(_)));
     let (mut ti, mut tr) = (hi.into_transport().unwrap(), hr.into_transport().unwrap());
-    assert_eq!(ti.handshake_hash(), h);
+    assert_eq!(*ti.handshake_hash(), h);
     let open = |t: &mut Transport, wire: &[u8]| {
         let mut out = vec![];
         t.decrypt(wire, &mut out).unwrap();
