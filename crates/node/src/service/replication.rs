@@ -293,6 +293,12 @@ struct PeerState {
 }
 
 impl PeerState {
+    /// A pull from this peer is running or being prepared, or we are
+    /// sending to it.
+    fn busy(&self) -> bool {
+        self.pull.is_some() || self.sending || self.starting.is_some()
+    }
+
     /// Keeps announced `tips` to look at again when a pull ends.
     fn park(&mut self, session: SessionId, tips: Vec<BranchTip>) {
         let parked = match &mut self.parked {
@@ -779,7 +785,7 @@ impl Replication {
                     return;
                 }
                 let st = self.peers.entry(peer).or_default();
-                if st.pull.is_some() || st.sending || st.starting.is_some() {
+                if st.busy() {
                     // Busy with this peer: looked at again (still lacking?
                     // pulled from elsewhere meanwhile?) when that ends.
                     st.park(session, tips);
@@ -1025,7 +1031,7 @@ impl Replication {
                 continue;
             }
             let st = self.peers.get_mut(&k).expect("a key of the map");
-            if st.pull.is_some() || st.sending || st.starting.is_some() {
+            if st.busy() {
                 continue;
             }
             let Some((session, parked)) = &mut st.parked else {
