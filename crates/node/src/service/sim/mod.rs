@@ -994,9 +994,23 @@ impl World {
             fail(self, lat * 2, "connection refused");
             return None;
         };
+        // Across a cut the SYN is lost, and sent again 1, 3 and 7 s after
+        // the first (Linux's doubling RTO): a cut that heals before the
+        // dial timeout lets the next one through.
+        let mut wait = Duration::ZERO;
         if self.cutting(n, m, self.now).is_some() {
-            fail(self, self.cfg.net.dial_timeout, "connection timed out");
-            return None;
+            let deadline = self.now + self.cfg.net.dial_timeout;
+            let retry = [1u64, 3, 7]
+                .iter()
+                .map(|s| self.now + Duration::from_secs(*s))
+                .find(|t| *t < deadline && self.cutting(n, m, *t).is_none());
+            match retry {
+                Some(t) => wait = t - self.now,
+                None => {
+                    fail(self, self.cfg.net.dial_timeout, "connection timed out");
+                    return None;
+                }
+            }
         }
         // The handshake proves both keys; a node that does not trust the
         // dialler refuses it there.
@@ -1007,7 +1021,7 @@ impl World {
         }
         let (cn, cm) = (self.next_conn, self.next_conn + 1);
         self.next_conn += 2;
-        let hs = lat * 2 * self.cfg.net.handshake_rtts;
+        let hs = wait + lat * 2 * self.cfg.net.handshake_rtts;
         let ready = self.now + hs;
         self.conns.insert(
             cn,
@@ -2014,6 +2028,27 @@ mod tests {
         let conv = m.converged_after_heal.expect("converged");
         assert!(conv < Duration::from_secs(120), "{conv:?}");
         eprintln!("converged {conv:?} after the heal");
+    }
+
+    #[test]
+    fn a_dial_across_a_cut_gets_through_at_the_syn_retransmission_after_the_heal() {
+        // A and B are cut from the start until 2.5 s: A's first dial (at 0)
+        // loses its SYNs at 0 and 1 s, the one at 3 s gets through (not
+        // the dial timeout of 10 s, nor a backoff after it).
+        let mut cfg = SimConfig::classic();
+        cfg.net.dial_timeout = Duration::from_secs(10);
+        let mut w = World::with_names(cfg, vec!["A".into(), "B".into()], 3);
+        w.trust('A', 'B');
+        w.trust('B', 'A');
+        let t0 = w.t0;
+        w.partition(vec![0, 1], t0, t0 + secs(2.5));
+        w.start();
+        let a = w.node('A');
+        w.run_until(t0 + secs(2.9));
+        assert!(w.nodes[a].service.connected().is_empty(), "cut until 2.5 s");
+        w.run_until(t0 + secs(3.2));
+        assert_eq!(w.nodes[a].service.connected().len(), 1, "through at 3 s");
+        assert_eq!(w.metrics.dials_failed, 0);
     }
 
     #[test]
