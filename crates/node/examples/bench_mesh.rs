@@ -18,6 +18,7 @@
 //! | `MMOGIT_MESH_PARTITION` | `100,1000` | node counts of the partition scenario (`none` to skip) |
 //! | `MMOGIT_MESH_VERIFY` | `every` | `memo`: verify each record once per process (same outcomes) |
 //! | `MMOGIT_MESH_PROGRESS` | unset | set: a line of progress per simulated second on stderr |
+//! | `MMOGIT_MESH_INGEST` | `beside` | `inline`: the ingest holds up the node's loop (the simulator before 2026-12-02) |
 //!
 //! Memory per node: a counting global allocator charges every allocation
 //! to the node whose input the simulator was handling when it was made
@@ -115,6 +116,10 @@ fn env_list(name: &str, default: &str) -> Vec<usize> {
     v.split(',').filter_map(|x| x.trim().parse().ok()).collect()
 }
 
+fn inline_ingest() -> bool {
+    std::env::var("MMOGIT_MESH_INGEST").as_deref() != Ok("inline")
+}
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -204,6 +209,7 @@ fn main() {
         let mut r = MeshRun::new(n, m, seed);
         r.window = window;
         r.cfg.verify = verify;
+        r.cfg.ingest_beside_loop = inline_ingest();
         r.progress = std::env::var("MMOGIT_MESH_PROGRESS").is_ok();
         run(&format!("N = {n}, {m} memories"), &r);
     }
@@ -212,6 +218,7 @@ fn main() {
         r.partition = Some(Duration::from_secs(60));
         r.window = Duration::from_secs(50);
         r.cfg.verify = verify;
+        r.cfg.ingest_beside_loop = inline_ingest();
         r.progress = std::env::var("MMOGIT_MESH_PROGRESS").is_ok();
         run(
             &format!(

@@ -42,7 +42,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::replication::{
-    IfFull, Input as RInput, Io as RIo, Outcome, Policy, ReplicationEvent, Work,
+    IfFull, Input as RInput, Io as RIo, JobId, Outcome, Policy, ReplicationEvent, Work,
 };
 use super::sessions::{Direction, DUPLICATE_SESSION};
 use super::{DialParams, Input, Io, Service, ServiceConfig, SessionId};
@@ -72,6 +72,10 @@ pub struct SimConfig {
     /// uniformly in `±drift` (e.g. 1e-4 = 100 ppm).
     pub drift: f64,
     pub verify: VerifyMode,
+    /// Run the verified ingest beside the node's loop, one at a time per
+    /// node, as the replicator does (false: inline, holding up the loop,
+    /// as the simulator did before).
+    pub ingest_beside_loop: bool,
     /// Keep the trace as text lines and each node's replication events
     /// (small runs); the digest of the trace is kept always.
     pub trace_lines: bool,
@@ -96,6 +100,7 @@ impl SimConfig {
             poll: Duration::from_millis(100),
             drift: 0.0,
             verify: VerifyMode::Every,
+            ingest_beside_loop: true,
             trace_lines: true,
             configure: None,
         }
@@ -118,6 +123,7 @@ impl SimConfig {
             poll: Duration::from_millis(100),
             drift: 1e-4,
             verify: VerifyMode::Every,
+            ingest_beside_loop: true,
             trace_lines: false,
             configure: None,
         }
@@ -143,6 +149,9 @@ pub struct SimNode {
     incoming: BTreeMap<PublicKey, (TransferInfo, Vec<u8>)>,
     /// The node's loop is busy (store work) until then.
     busy_until: Instant,
+    /// The node's store takes the next ingest then (ingests run one at a
+    /// time, beside the node's loop).
+    writer_free: Instant,
     backlog: VecDeque<Input>,
     resume_at: Option<Instant>,
     /// Incarnation: events of an earlier one are dropped.
@@ -168,6 +177,15 @@ enum Event {
     Tick(usize, u32),
     Poll(usize, u32),
     Resume(usize, u32),
+    /// A verified ingest that started at `start` (its turn at the node's
+    /// store) ends now.
+    Ingest {
+        node: usize,
+        epoch: u32,
+        job: JobId,
+        peer: PublicKey,
+        start: Instant,
+    },
     /// Partition `p` has lasted the idle timeout: its sessions break.
     Break(usize),
 }
@@ -302,6 +320,7 @@ impl World {
                 drift_ppb,
                 incoming: BTreeMap::new(),
                 busy_until: t0,
+                writer_free: t0,
                 backlog: VecDeque::new(),
                 resume_at: None,
                 epoch: 0,
@@ -702,6 +721,7 @@ impl World {
         node.up = true;
         node.listening = true;
         node.busy_until = self.now;
+        node.writer_free = self.now;
         let targets = node.trusts.clone();
         self.input(Duration::ZERO, n, Input::PeerStore(targets));
         self.at(self.now, Event::Poll(n, epoch));
@@ -768,6 +788,23 @@ impl World {
                     }
                 }
                 Event::Break(p) => self.break_partition(p),
+                Event::Ingest {
+                    node,
+                    epoch,
+                    job,
+                    peer,
+                    start,
+                } => {
+                    if epoch == self.nodes[node].epoch && self.nodes[node].up {
+                        CURRENT.with(|c| c.set(node));
+                        let end = self.now;
+                        self.now = start;
+                        let (outcome, _) = self.work(node, peer, Work::Ingest);
+                        self.now = end;
+                        CURRENT.with(|c| c.set(usize::MAX));
+                        self.deliver_input(node, Input::Replication(RInput::Done { job, outcome }));
+                    }
+                }
             }
         }
         self.now = until;
@@ -1186,6 +1223,37 @@ impl World {
             RIo::SendLater { session, msg, .. } => {
                 let now = self.now;
                 self.transmit(n, session, msg, now);
+            }
+            RIo::Work {
+                job,
+                peer,
+                work: Work::Ingest,
+            } if self.cfg.ingest_beside_loop => {
+                // As the replicator: the ingest runs on a thread of its own
+                // while the node's loop goes on; ingests take the store one
+                // at a time.
+                let c = &self.cfg.costs;
+                let commits = self.nodes[n]
+                    .incoming
+                    .get(&peer)
+                    .and_then(|(_, d)| SimBundle::decode(d))
+                    .map_or(0, |b| b.commits());
+                let per = c.index_per_commit + c.check_per_memory + c.sig_per(commits);
+                let cost = c.ingest_fixed + per * commits as u32;
+                let node = &mut self.nodes[n];
+                let start = node.writer_free.max(self.now);
+                node.writer_free = start + cost;
+                let epoch = node.epoch;
+                self.at(
+                    start + cost,
+                    Event::Ingest {
+                        node: n,
+                        epoch,
+                        job,
+                        peer,
+                        start,
+                    },
+                );
             }
             RIo::Work { job, peer, work } => {
                 let (outcome, cost) = self.work(n, peer, work);
