@@ -214,10 +214,10 @@ impl BranchTip {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequest {
     /// Every `users/*` branch the requester holds, with its tip.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub have: Vec<BranchTip>,
     /// The largest bundle the requester accepts, in bytes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_transfer: Option<u64>,
 }
 
@@ -230,25 +230,25 @@ pub struct MemoryRequest {
     #[serde(default)]
     pub id: u64,
     /// Only memories by these authors (hex public keys); empty = any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authors: Vec<String>,
     /// Only memories of these types; empty = any.
-    #[serde(default, alias = "kinds")]
+    #[serde(default, alias = "kinds", skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<String>,
     /// Only memories carrying all of these tags; empty = any.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// Only memories created at or after this RFC 3339 time.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
     /// At most this many memories in all (over every page).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// Opaque cursor from a previous MemoryResponse, to continue.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     /// Present: a sync request (the filters are ignored).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncRequest>,
 }
 
@@ -309,7 +309,7 @@ pub struct IngestSummary {
     /// Branches that moved.
     pub branches: u64,
     /// Why branches were refused or the transfer failed (short texts).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<String>,
 }
 
@@ -318,25 +318,25 @@ pub struct IngestSummary {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryResponse {
     /// The request answered; null for an announce or an ingest summary.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<u64>,
     /// Signed memory records (query answers).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memories: Vec<serde_json::Value>,
     /// Present when more memories follow: send it back in a MemoryRequest.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     /// The sender's `users/*` tips (announce; "nothing new" sync answer).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tips: Option<Vec<BranchTip>>,
     /// A sync answer: this bundle follows as GitBundle chunks.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferInfo>,
     /// The request was refused or failed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The outcome of a transfer the receiver of this message sent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingested: Option<IngestSummary>,
 }
 
@@ -538,6 +538,42 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_fields_are_left_out_and_still_read_when_present() {
+        let tip = BranchTip {
+            author: "ab".repeat(32),
+            tip: "cd".repeat(20),
+        };
+        let announce = Message::MemoryResponse(MemoryResponse {
+            tips: Some(vec![tip.clone()]),
+            ..Default::default()
+        });
+        let p = announce.encode_payload();
+        assert_eq!(
+            String::from_utf8(p.clone()).unwrap(),
+            format!(
+                r#"{{"tips":[{{"author":"{}","tip":"{}"}}]}}"#,
+                tip.author, tip.tip
+            )
+        );
+        let pull = Message::MemoryRequest(MemoryRequest {
+            id: 7,
+            sync: Some(SyncRequest::default()),
+            ..Default::default()
+        });
+        assert_eq!(pull.encode_payload(), br#"{"id":7,"sync":{}}"#);
+        // A sender that writes every field (null, [], false) is read the same.
+        let full = format!(
+            r#"{{"id":null,"memories":[],"cursor":null,"tips":[{{"author":"{}","tip":"{}"}}],"transfer":null,"error":null,"ingested":null}}"#,
+            tip.author, tip.tip
+        );
+        let m = Message::decode_payload(MsgType::MemoryResponse, full.as_bytes()).unwrap();
+        assert_eq!(m, announce);
+        let full = br#"{"id":7,"authors":[],"types":[],"tags":[],"since":null,"limit":null,"cursor":null,"sync":{"have":[],"max_transfer":null}}"#;
+        let m = Message::decode_payload(MsgType::MemoryRequest, full).unwrap();
+        assert_eq!(m, pull);
+    }
 
     #[test]
     fn payloads_round_trip() {

@@ -25,7 +25,7 @@
 
 use std::time::{Duration, Instant};
 
-use mmogit_proto::Message;
+use mmogit_proto::{BranchTip, Message};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -204,45 +204,82 @@ impl Kind {
 const TIP_JSON: u64 = 127;
 
 /// The size of `msg`'s frame on the wire (version 1: a 4-byte length, a
-/// JSON envelope with the payload and the signature in base64), computed
-/// without serializing it; `bundle` is the simulated size of a chunk's
+/// JSON envelope with the payload and the signature in base64; empty
+/// payload fields left out), computed without serializing it; `bundle` is the simulated size of a chunk's
 /// bundle bytes. Within a few percent of the real encoding (tested).
 pub fn wire_size(msg: &Message, bundle: u64) -> u64 {
-    let opt = |s: &Option<String>| s.as_ref().map_or(4, |s| s.len() as u64 + 2);
+    // Empty fields are left out: each present one costs `"name":` + its
+    // value + a comma.
+    let field = |name: &str, value: u64| name.len() as u64 + 4 + value;
+    let string = |s: &String| s.len() as u64 + 2;
+    let list = |v: &Vec<String>| 2 + v.iter().map(|x| x.len() as u64 + 3).sum::<u64>();
+    let tips = |t: &Vec<BranchTip>| 2 + TIP_JSON * t.len() as u64;
     let payload = match msg {
         Message::MemoryResponse(r) => {
-            let tips = r.tips.as_ref().map_or(4, |t| 2 + TIP_JSON * t.len() as u64);
-            let transfer = r.transfer.as_ref().map_or(4, |t| {
-                110 + t.transfer_id.len() as u64 + t.sha256.len() as u64 + 30
-            });
-            let ingested = r.ingested.as_ref().map_or(4, |s| {
-                38 + s.transfer_id.len() as u64
-                    + 20
-                    + s.refused.iter().map(|x| x.len() as u64 + 3).sum::<u64>()
-            });
-            let memories: u64 = r
-                .memories
-                .iter()
-                .map(|m| m.to_string().len() as u64 + 1)
-                .sum();
-            75 + tips + transfer + ingested + memories + opt(&r.cursor) + opt(&r.error)
+            let mut n = 2;
+            if let Some(id) = r.id {
+                n += field("id", id.to_string().len() as u64);
+            }
+            if !r.memories.is_empty() {
+                let m: u64 = r
+                    .memories
+                    .iter()
+                    .map(|m| m.to_string().len() as u64 + 1)
+                    .sum();
+                n += field("memories", 2 + m);
+            }
+            if let Some(c) = &r.cursor {
+                n += field("cursor", string(c));
+            }
+            if let Some(t) = &r.tips {
+                n += field("tips", tips(t));
+            }
+            if let Some(t) = &r.transfer {
+                n += field(
+                    "transfer",
+                    110 + t.transfer_id.len() as u64 + t.sha256.len() as u64 + 30,
+                );
+            }
+            if let Some(e) = &r.error {
+                n += field("error", string(e));
+            }
+            if let Some(s) = &r.ingested {
+                let refused: u64 = s.refused.iter().map(|x| x.len() as u64 + 3).sum();
+                n += field("ingested", 50 + s.transfer_id.len() as u64 + refused);
+            }
+            n
         }
         Message::MemoryRequest(r) => {
-            let have = r
-                .sync
-                .as_ref()
-                .map_or(0, |s| 40 + TIP_JSON * s.have.len() as u64);
-            // {"id":N,"authors":[],"types":[],"tags":[],"since":null,
-            // "limit":null,"cursor":null,"sync":...}
-            let list = |v: &Vec<String>| 2 + v.iter().map(|x| x.len() as u64 + 3).sum::<u64>();
-            85 + r.id.to_string().len() as u64
-                + list(&r.authors)
-                + list(&r.types)
-                + list(&r.tags)
-                + opt(&r.since)
-                + opt(&r.cursor)
-                + r.limit.map_or(4, |l| l.to_string().len() as u64)
-                + if r.sync.is_some() { have + 20 } else { 4 }
+            let mut n = 2 + field("id", r.id.to_string().len() as u64);
+            for (name, v) in [
+                ("authors", &r.authors),
+                ("types", &r.types),
+                ("tags", &r.tags),
+            ] {
+                if !v.is_empty() {
+                    n += field(name, list(v));
+                }
+            }
+            if let Some(x) = &r.since {
+                n += field("since", string(x));
+            }
+            if let Some(x) = &r.cursor {
+                n += field("cursor", string(x));
+            }
+            if let Some(l) = r.limit {
+                n += field("limit", l.to_string().len() as u64);
+            }
+            if let Some(sync) = &r.sync {
+                let mut v = 2;
+                if !sync.have.is_empty() {
+                    v += field("have", tips(&sync.have));
+                }
+                if let Some(m) = sync.max_transfer {
+                    v += field("max_transfer", m.to_string().len() as u64);
+                }
+                n += field("sync", v);
+            }
+            n
         }
         Message::GitBundle(g) => 4 + 70 + g.transfer_id.len() as u64 + 20 + 64 + 20 + bundle,
         other => other.encode_payload().len() as u64,
@@ -463,6 +500,20 @@ mod tests {
                     chunks: 1,
                     commits: 10,
                 }),
+                ..Default::default()
+            }),
+            Message::MemoryRequest(MemoryRequest {
+                id: 13,
+                authors: tips[..3].iter().map(|t| t.author.clone()).collect(),
+                sync: Some(SyncRequest {
+                    have: tips[..3].to_vec(),
+                    max_transfer: Some(1 << 30),
+                }),
+                ..Default::default()
+            }),
+            Message::MemoryResponse(MemoryResponse {
+                id: Some(13),
+                tips: Some(tips[..3].to_vec()),
                 ..Default::default()
             }),
             Message::MemoryResponse(MemoryResponse {
