@@ -290,6 +290,9 @@ struct PeerState {
     /// session: a peer one version behind hears only what changed; a peer
     /// that reconnected (or fell further behind) hears everything again.
     announced: Option<(SessionId, u64)>,
+    /// Tips this peer showed it holds (its announces and pull answers)
+    /// since our last announce to it: not announced back.
+    has: BTreeMap<String, String>,
 }
 
 impl PeerState {
@@ -559,12 +562,14 @@ impl Replication {
         let version = self.version;
         for (peer, session) in connected {
             let st = self.peers.entry(peer).or_default();
-            let delta = match st.announced {
+            let mut delta = match st.announced {
                 Some((s, v)) if s == session && v == version => continue,
                 Some((s, v)) if s == session && v + 1 == version => self.changed.clone(),
                 _ => self.tips.clone(),
             };
             st.announced = Some((session, version));
+            let has = std::mem::take(&mut st.has);
+            delta.retain(|t| has.get(&t.author) != Some(&t.tip));
             if delta.is_empty() {
                 continue;
             }
@@ -588,6 +593,7 @@ impl Replication {
             }
             if st.announced.as_ref().is_some_and(|(s, _)| *s == session) {
                 st.announced = None;
+                st.has.clear();
             }
             st.deferred.retain(|(_, s)| *s != session);
             if st.pull.as_ref().is_some_and(|p| p.session == session) {
@@ -687,6 +693,14 @@ impl Replication {
                 warn!(peer = %peer.short(12), refused = ?s.refused, "peer refused part of our bundle");
             }
             return;
+        }
+        if let Some(tips) = &r.tips {
+            let st = self.peers.entry(peer).or_default();
+            if st.announced.as_ref().is_some_and(|(s, _)| *s == session) {
+                for t in tips {
+                    st.has.insert(t.author.clone(), t.tip.clone());
+                }
+            }
         }
         let Some(id) = r.id else {
             // An announce.
@@ -1374,6 +1388,35 @@ mod tests {
         assert_eq!(
             poll(&mut r, t, vec![(peer, 6)], moved.clone()),
             vec![(6, moved)]
+        );
+    }
+
+    #[test]
+    fn a_tip_a_peer_announced_to_us_is_not_announced_back_to_it() {
+        let t = Instant::now();
+        let (me, p, q, x) = (key(1), key(2), key(3), key(4));
+        let mut r = Replication::new(policy(me));
+        let before = vec![tip(&me, 1), tip(&x, 1)];
+        poll(&mut r, t, vec![(p, 5), (q, 6)], before);
+        // p tells us of x's new tip (we pull it; the pull is not answered
+        // here), then it is ours: q hears of it, p does not.
+        let announce = Message::MemoryResponse(MemoryResponse {
+            tips: Some(vec![tip(&x, 2)]),
+            ..Default::default()
+        });
+        r.handle(
+            t,
+            Input::Received {
+                peer: p,
+                session: 5,
+                msg: announce,
+            },
+        );
+        drain(&mut r);
+        let after = vec![tip(&me, 1), tip(&x, 2)];
+        assert_eq!(
+            poll(&mut r, t, vec![(p, 5), (q, 6)], after),
+            vec![(6, vec![tip(&x, 2)])]
         );
     }
 
