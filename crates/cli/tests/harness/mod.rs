@@ -285,10 +285,26 @@ impl Host {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// CPU time the serve process has used so far.
+    pub fn serve_cpu(&self) -> Option<Duration> {
+        cpu_time(self.serve_pid()?)
+    }
+
     /// Peak resident memory of the serve process (VmHWM), in KiB.
     pub fn serve_peak_rss_kib(&self) -> Option<u64> {
         peak_rss_kib(self.serve_pid()?)
     }
+}
+
+/// CPU time (user + system) a process has used so far, from /proc (clock
+/// ticks of 10 ms, Linux's `CLK_TCK` of 100).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// VmHWM of a process from /proc, in KiB.
@@ -481,6 +497,11 @@ impl Net {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// CPU time used so far by every running serve together.
+    pub fn serve_cpu(&self) -> Duration {
+        self.hosts.iter().filter_map(Host::serve_cpu).sum()
     }
 
     /// Union of every host's own branch tip (what convergence means when
