@@ -247,10 +247,16 @@ impl Replicator {
                     .await
                     .map_err(text),
             ),
-            Work::OurTips => Outcome::Tips(
-                blocking(move || tips_of(&open(&cfg.repo)?))
-                    .await
-                    .map_err(text),
+            Work::OurTips(only) => Outcome::Tips(
+                blocking(move || {
+                    let mut tips = tips_of(&open(&cfg.repo)?)?;
+                    if let Some(only) = only {
+                        tips.retain(|t| only.contains(&t.author));
+                    }
+                    Ok(tips)
+                })
+                .await
+                .map_err(text),
             ),
             Work::Lacking(tips) => Outcome::Lacking(
                 blocking(move || Ok(lacking(&open(&cfg.repo)?, tips)))

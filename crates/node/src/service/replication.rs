@@ -128,8 +128,9 @@ pub enum ReplicationEvent {
 pub enum Work {
     /// The tips we show peers → [`Outcome::Tips`].
     ServedTips,
-    /// All our tips (the `have` of a pull) → [`Outcome::Tips`].
-    OurTips,
+    /// Our tips (the `have` of a pull), of these authors only when given
+    /// (a targeted pull) → [`Outcome::Tips`].
+    OurTips(Option<Vec<String>>),
     /// Which of these tips of a peer we lack → [`Outcome::Lacking`].
     Lacking(Vec<BranchTip>),
     /// Open the incoming transfer of `peer` (its checks, its file) →
@@ -145,6 +146,10 @@ pub enum Work {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Tips(Result<Vec<BranchTip>, String>),
+    /// Answers [`Work::ServedTips`] when the store can tell that nothing
+    /// moved since its last answer (the simulator's store; a node reads
+    /// them).
+    Unchanged,
     /// The tips we lack, of those asked about.
     Lacking(Result<Vec<BranchTip>, String>),
     Started(Result<(), String>),
@@ -544,8 +549,8 @@ impl Replication {
 
     /// Announces to each peer the tips it has not heard on its session:
     /// all of them on a new session, then only those that changed.
-    fn announce(&mut self, tips: Vec<BranchTip>, connected: Vec<(PublicKey, SessionId)>) {
-        if tips != self.tips {
+    fn announce(&mut self, tips: Option<Vec<BranchTip>>, connected: Vec<(PublicKey, SessionId)>) {
+        if let Some(tips) = tips.filter(|t| *t != self.tips) {
             let before: BTreeMap<&str, &str> = self
                 .tips
                 .iter()
@@ -788,9 +793,10 @@ impl Replication {
     fn on_done(&mut self, now: Instant, job: Job, outcome: Outcome) {
         match (job, outcome) {
             (Job::Announce(connected), Outcome::Tips(tips)) => match tips {
-                Ok(tips) => self.announce(tips, connected),
+                Ok(tips) => self.announce(Some(tips), connected),
                 Err(e) => debug!(error = %e, "cannot read our tips"),
             },
+            (Job::Announce(connected), Outcome::Unchanged) => self.announce(None, connected),
             (Job::Lacking(peer, session), Outcome::Lacking(lacks)) => {
                 // Only what we lack is pulled: naming a branch we are
                 // ahead on would bring all of it again.
@@ -969,7 +975,15 @@ impl Replication {
         }
         // Seen as in flight from now on, before our tips are read.
         self.peers.entry(peer).or_default().starting = Some(want.clone());
-        self.work(peer, Work::OurTips, Job::PullTips(peer, session, want));
+        let only = match &want {
+            Want::All => None,
+            Want::Authors(a) => Some(a.iter().cloned().collect()),
+        };
+        self.work(
+            peer,
+            Work::OurTips(only),
+            Job::PullTips(peer, session, want),
+        );
     }
 
     fn fail_pull(&mut self, now: Instant, peer: PublicKey, reason: String) {
@@ -1039,7 +1053,15 @@ impl Replication {
     /// pulled from the peer that announced them.
     fn unpark(&mut self) {
         let mut again = vec![];
-        for k in self.peers.keys().copied().collect::<Vec<_>>() {
+        // Only peers with parked tips and idle: what is in flight elsewhere
+        // is looked up for them alone.
+        let waiting: Vec<PublicKey> = self
+            .peers
+            .iter()
+            .filter(|(_, st)| st.parked.is_some() && !st.busy())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in waiting {
             let (all, busy) = self.in_flight_elsewhere(&k);
             if all {
                 continue;
@@ -1311,7 +1333,7 @@ mod tests {
             ios.iter().any(|io| matches!(
                 io,
                 Io::Work {
-                    work: Work::OurTips,
+                    work: Work::OurTips(_),
                     ..
                 }
             )),
@@ -1566,7 +1588,7 @@ mod tests {
             matches!(
                 &ios[..],
                 [Io::Work {
-                    work: Work::OurTips,
+                    work: Work::OurTips(_),
                     ..
                 }]
             ),
@@ -1608,7 +1630,7 @@ mod tests {
             .collect();
         let ios = answer(&mut r, t, &ios, Outcome::Lacking(Ok(vec![tip(&x, 2)])));
         assert!(
-            matches!(&ios[..], [Io::Work { peer, work: Work::OurTips, .. }] if *peer == p2),
+            matches!(&ios[..], [Io::Work { peer, work: Work::OurTips(_), .. }] if *peer == p2),
             "{ios:?}"
         );
     }

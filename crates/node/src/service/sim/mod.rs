@@ -32,7 +32,7 @@ pub use store::{Costs, FakeStore, Record, SimBundle, VerifyMode};
 
 use std::cell::Cell;
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -147,6 +147,8 @@ pub struct SimNode {
     /// Clock rate error in parts per billion.
     pub drift_ppb: i64,
     incoming: BTreeMap<PublicKey, (TransferInfo, Vec<u8>)>,
+    /// The store version its service last read its served tips at.
+    read: Option<u64>,
     /// The node's loop is busy (store work) until then.
     busy_until: Instant,
     /// The node's store takes the next ingest then (ingests run one at a
@@ -319,6 +321,7 @@ impl World {
                 events: Vec::new(),
                 drift_ppb,
                 incoming: BTreeMap::new(),
+                read: None,
                 busy_until: t0,
                 writer_free: t0,
                 backlog: VecDeque::new(),
@@ -581,6 +584,7 @@ impl World {
             .entry(key)
             .or_default()
             .push(c);
+        self.nodes[holder].store.version += 1;
         set_hop(&mut self.nodes[holder].hops, c, 0);
         let targets = if forged {
             0
@@ -718,6 +722,7 @@ impl World {
         let node = &mut self.nodes[n];
         node.epoch = epoch;
         node.service = service;
+        node.read = None;
         node.up = true;
         node.listening = true;
         node.busy_until = self.now;
@@ -1293,15 +1298,11 @@ impl World {
     ) {
         let authors = req.authors;
         let have = req.sync.map(|s| s.have).unwrap_or_default();
-        let mut bundle = self.bundle_for(n, &have);
-        let mut tips = self.tips(n);
         // A targeted pull: only the branches it names, as `answer_sync`.
-        if !authors.is_empty() {
-            bundle
-                .branches
-                .retain(|(a, _)| authors.contains(&self.hexes[*a as usize]));
-            tips.retain(|t| authors.contains(&t.author));
-        }
+        let only: Option<BTreeSet<usize>> = (!authors.is_empty())
+            .then(|| authors.iter().filter_map(|a| self.author_of(a)).collect());
+        let bundle = self.bundle_for(n, &have, only.as_ref());
+        let tips = self.tips_only(n, only.as_ref());
         let c = &self.cfg.costs;
         let commits = bundle.commits();
         let cost = if commits == 0 {
@@ -1367,6 +1368,31 @@ impl World {
                 == Some(&c)
     }
 
+    /// Node `n`'s tips of the authors in `only` (all without it).
+    fn tips_only(&self, n: usize, only: Option<&BTreeSet<usize>>) -> Vec<BranchTip> {
+        let Some(only) = only else {
+            return self.tips(n);
+        };
+        let chains = &self.nodes[n].store.chains;
+        let mut out: Vec<(&PublicKey, BranchTip)> = only
+            .iter()
+            .filter_map(|a| {
+                let k = &self.nodes[*a].key;
+                let tip = *chains.get(k)?.last()?;
+                Some((
+                    k,
+                    BranchTip {
+                        author: self.hexes[*a].clone(),
+                        tip: self.oids[tip as usize - 1].clone(),
+                    },
+                ))
+            })
+            .collect();
+        // In the order of the store's branches, as `tips` gives them.
+        out.sort_by(|x, y| x.0.cmp(y.0));
+        out.into_iter().map(|(_, t)| t).collect()
+    }
+
     fn tips(&self, n: usize) -> Vec<BranchTip> {
         tips_of(
             &self.nodes[n].store,
@@ -1380,7 +1406,12 @@ impl World {
     }
 
     /// What `build_bundle` would send a peer whose tips are `have`.
-    fn bundle_for(&self, n: usize, have: &[BranchTip]) -> SimBundle {
+    fn bundle_for(
+        &self,
+        n: usize,
+        have: &[BranchTip],
+        only: Option<&BTreeSet<usize>>,
+    ) -> SimBundle {
         let mut theirs: HashMap<usize, u64> = HashMap::new();
         let mut known = 0;
         for t in have {
@@ -1395,7 +1426,19 @@ impl World {
             branches: vec![],
             known,
         };
-        for (k, chain) in &self.nodes[n].store.chains {
+        let chains = &self.nodes[n].store.chains;
+        let keys: Vec<&PublicKey> = match only {
+            Some(o) => {
+                let mut v: Vec<&PublicKey> = o.iter().map(|a| &self.nodes[*a].key).collect();
+                v.sort();
+                v
+            }
+            None => chains.keys().collect(),
+        };
+        for k in keys {
+            let Some(chain) = chains.get(k) else {
+                continue;
+            };
             let (Some(a), Some(tip)) = (self.idx(k), chain.last()) else {
                 continue;
             };
@@ -1414,10 +1457,21 @@ impl World {
     fn work(&mut self, n: usize, peer: PublicKey, work: Work) -> (Outcome, Duration) {
         let c = &self.cfg.costs;
         match work {
-            Work::ServedTips | Work::OurTips => {
+            Work::ServedTips if self.nodes[n].read == Some(self.nodes[n].store.version) => {
+                (Outcome::Unchanged, c.tips(self.nodes[n].store.chains.len()))
+            }
+            Work::ServedTips => {
+                self.nodes[n].read = Some(self.nodes[n].store.version);
                 let tips = self.tips(n);
                 let cost = c.tips(tips.len());
                 (Outcome::Tips(Ok(tips)), cost)
+            }
+            Work::OurTips(only) => {
+                // The store reads every ref, whatever it returns.
+                let cost = c.tips(self.nodes[n].store.chains.len());
+                let only: Option<BTreeSet<usize>> =
+                    only.map(|a| a.iter().filter_map(|x| self.author_of(x)).collect());
+                (Outcome::Tips(Ok(self.tips_only(n, only.as_ref()))), cost)
             }
             Work::Lacking(tips) => {
                 let cost = c.lacking_per_tip * tips.len() as u32;
@@ -1538,6 +1592,7 @@ impl World {
                 .or_default()
                 .extend_from_slice(new);
             memories += new.len() as u64;
+            self.nodes[n].store.version += 1;
             branches += 1;
         }
         let done = self.now + cost;
@@ -1790,7 +1845,7 @@ fn describe(io: &Io, name: impl Fn(&PublicKey) -> String) -> String {
             RIo::Work { peer, work, .. } => {
                 let w = match work {
                     Work::ServedTips => "served tips",
-                    Work::OurTips => "our tips",
+                    Work::OurTips(_) => "our tips",
                     Work::Lacking(_) => "lacking?",
                     Work::Start(_) => "start transfer",
                     Work::Chunk(_) => "chunk",

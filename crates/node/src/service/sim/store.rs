@@ -29,6 +29,9 @@ use mmogit_proto::BranchTip;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FakeStore {
     pub chains: BTreeMap<PublicKey, Vec<u64>>,
+    /// Grows with every write: served tips unchanged since a read are
+    /// answered `Outcome::Unchanged` (same cost, no copy).
+    pub version: u64,
 }
 
 impl FakeStore {
