@@ -126,11 +126,12 @@ impl Registry {
                 id,
                 displaced,
                 recheck,
+                woke,
             } => {
                 if let Some(h) = displaced.and_then(|old| inner.handles.remove(&old)) {
                     h.ctl.close(DUPLICATE_SESSION);
                 }
-                (id, recheck)
+                (id, recheck || woke)
             }
         };
         inner.handles.insert(id, Handles { tx: Some(tx), ctl });

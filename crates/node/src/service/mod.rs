@@ -179,6 +179,7 @@ impl Service {
                     id,
                     displaced,
                     recheck,
+                    woke,
                 } => {
                     self.conns.insert(conn, (peer, Some(id)));
                     self.by_session.insert(id, conn);
@@ -190,6 +191,9 @@ impl Service {
                     }
                     if recheck {
                         self.outbox.push_back(Io::ReadPeerStore);
+                    }
+                    if woke {
+                        self.dial(now);
                     }
                 }
                 Registered::Kept { .. } => {

@@ -150,6 +150,9 @@ pub(crate) enum Registered {
         /// The peer store as last read does not trust the key (see
         /// [`Sessions::set_trusted`]): the dialer must read it again now.
         recheck: bool,
+        /// Dials that were failing are due now (the network came back):
+        /// the dialer should look now.
+        woke: bool,
     },
     /// The duplicate rule keeps the registered session `kept`: the new one
     /// is to be closed, and `kept` probed so that a dead one is noticed soon.
@@ -216,7 +219,13 @@ pub(crate) struct Sessions {
     /// first read, or without a peer store).
     trusted: Option<HashSet<PublicKey>>,
     next_id: u64,
+    /// When failing dials were last woken because a peer that could not be
+    /// reached came back (at most every [`WAKE_EVERY`]).
+    woke: Option<Instant>,
 }
+
+/// Failing dials are woken early at most this often.
+pub(crate) const WAKE_EVERY: Duration = Duration::from_secs(5);
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -254,6 +263,7 @@ impl Sessions {
             clients: BTreeMap::new(),
             trusted: None,
             next_id: 1,
+            woke: None,
         }
     }
 
@@ -316,14 +326,42 @@ impl Sessions {
         e.last_seen = Some(wall);
         e.last_error = None;
         e.touched = Some(now);
+        let was_failing = e.dial.as_ref().is_some_and(|d| d.failures() > 0);
         if let Some(d) = &mut e.dial {
             d.connected(now);
         }
+        // A peer we could not reach is back: the network (or our link)
+        // likely is, so dials that were failing go now instead of waiting
+        // out their backoff (their failure counts stay).
+        let woke = was_failing
+            && self
+                .woke
+                .is_none_or(|t| now.saturating_duration_since(t) >= WAKE_EVERY)
+            && self.wake_failing(now);
         Registered::New {
             id,
             displaced,
             recheck: self.untrusted(&peer),
+            woke,
         }
+    }
+
+    /// Makes every failing dial due now; whether there was one.
+    fn wake_failing(&mut self, now: Instant) -> bool {
+        let mut any = false;
+        for e in self.peers.values_mut() {
+            if e.session.is_some() || e.dialing {
+                continue;
+            }
+            if let Some(d) = e.dial.as_mut().filter(|d| d.failures() > 0) {
+                d.wake();
+                any = true;
+            }
+        }
+        if any {
+            self.woke = Some(now);
+        }
+        any
     }
 
     /// An authenticated client session (inbound, no listen port): it is
@@ -760,6 +798,78 @@ mod tests {
         unjittered
             .mul_f64(1.0 + Backoff::DEFAULT_JITTER * (2.0 * unit - 1.0))
             .min(PARAMS.cap)
+    }
+
+    #[test]
+    fn a_peer_that_comes_back_wakes_the_other_failing_dials() {
+        let clock = Clock::new();
+        let (us, p, q, r) = (key(1), key(2), key(3), key(4));
+        let targets = || {
+            vec![
+                (p, vec!["10.0.0.2:7420".to_string()]),
+                (q, vec!["10.0.0.3:7420".to_string()]),
+                (r, vec!["10.0.0.4:7420".to_string()]),
+            ]
+        };
+        let mut s = Sessions::new(us, PARAMS, 3);
+        s.set_trusted(trusted(&[p, q, r]));
+        // Every dial fails, again and again, until each has failed 4 times.
+        let mut now = clock.at(0);
+        let failures = |s: &Sessions, now: Instant| {
+            s.snapshot(now, clock.wall(now))
+                .iter()
+                .map(|st| st.failures)
+                .min()
+                .unwrap_or(0)
+        };
+        while failures(&s, now) < 4 {
+            for job in s.plan_dials(targets(), 8, now).jobs {
+                s.dial_finished(&job.pubkey, Err("timed out".into()), now);
+            }
+            now = s.next_due().expect("scheduled");
+        }
+        // Just before the next attempt: nobody is due.
+        let now = now - Duration::from_millis(1);
+        assert!(
+            s.plan_dials(targets(), 8, now).jobs.is_empty(),
+            "waiting out backoffs"
+        );
+        // p dials us (the cut healed): the others are dialled now.
+        let reg = s.register(
+            p,
+            Direction::Inbound,
+            sock("10.0.0.2:5000"),
+            now,
+            clock.wall(now),
+        );
+        assert!(matches!(reg, Registered::New { woke: true, .. }));
+        let plan = s.plan_dials(targets(), 8, now);
+        let mut dialled: Vec<PublicKey> = plan.jobs.iter().map(|j| j.pubkey).collect();
+        dialled.sort();
+        let mut want = vec![q, r];
+        want.sort();
+        assert_eq!(dialled, want);
+        // They fail again: their backoff goes on growing (the failures were
+        // kept), and a peer back again within WAKE_EVERY wakes nobody.
+        for peer in [q, r] {
+            let d = s
+                .dial_finished(&peer, Err("timed out".into()), now)
+                .unwrap();
+            assert!(
+                d >= Duration::from_secs(12),
+                "the 5th failure waits 16 s ± 20 %: {d:?}"
+            );
+        }
+        s.unregister(&p, 1, None, false, now, clock.wall(now));
+        let again = now + Duration::from_secs(1);
+        let reg = s.register(
+            p,
+            Direction::Inbound,
+            sock("10.0.0.2:5001"),
+            again,
+            clock.wall(again),
+        );
+        assert!(matches!(reg, Registered::New { woke: false, .. }));
     }
 
     /// One trusted peer that refuses six dials, then holds a healthy
