@@ -59,6 +59,15 @@ pub fn current_node() -> usize {
     CURRENT.with(|c| c.get())
 }
 
+/// Hosts sharing cores (see [`SimConfig::cpu`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuShare {
+    pub cores: usize,
+    /// CPU per delivered memory (the node's whole work for it: messages,
+    /// store, verification), measured on the real node.
+    pub per_delivery: Duration,
+}
+
 /// The settings of a world.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -76,6 +85,9 @@ pub struct SimConfig {
     /// node, as the replicator does (false: inline, holding up the loop,
     /// as the simulator did before).
     pub ingest_beside_loop: bool,
+    /// Nodes share this many cores (None: a core each), each delivered
+    /// memory costing this much CPU beside its store time.
+    pub cpu: Option<CpuShare>,
     /// Keep the trace as text lines and each node's replication events
     /// (small runs); the digest of the trace is kept always.
     pub trace_lines: bool,
@@ -101,6 +113,7 @@ impl SimConfig {
             drift: 0.0,
             verify: VerifyMode::Every,
             ingest_beside_loop: true,
+            cpu: None,
             trace_lines: true,
             configure: None,
         }
@@ -124,6 +137,7 @@ impl SimConfig {
             drift: 1e-4,
             verify: VerifyMode::Every,
             ingest_beside_loop: true,
+            cpu: None,
             trace_lines: false,
             configure: None,
         }
@@ -269,6 +283,8 @@ pub struct World {
     broken: std::collections::HashSet<SessionId>,
     next_conn: SessionId,
     latency: HashMap<(u32, u32), Duration>,
+    /// With [`SimConfig::cpu`]: when each shared core is free.
+    cores: Vec<Instant>,
     link_free: HashMap<(u32, u32), Instant>,
     /// Component of each node in the mutual-trust graph (None: changed).
     components: Option<(Vec<usize>, Vec<u32>)>,
@@ -377,6 +393,7 @@ impl World {
             broken: Default::default(),
             next_conn: 1,
             latency: HashMap::new(),
+            cores: Vec::new(),
             link_free: HashMap::new(),
             components: None,
             verified: Vec::new(),
@@ -1245,18 +1262,25 @@ impl World {
                     .map_or(0, |b| b.commits());
                 let per = c.index_per_commit + c.check_per_memory + c.sig_per(commits);
                 let cost = c.ingest_fixed + per * commits as u32;
+                let start = self.nodes[n].writer_free.max(self.now);
+                // Hosts sharing cores: the node's CPU for these memories
+                // waits for a free core.
+                let mut end = start + cost;
+                if let Some(cpu) = self.cfg.cpu {
+                    end = end.max(self.on_a_core(start, cpu.per_delivery * commits as u32));
+                }
                 let node = &mut self.nodes[n];
-                let start = node.writer_free.max(self.now);
-                node.writer_free = start + cost;
+                node.writer_free = end;
                 let epoch = node.epoch;
                 self.at(
-                    start + cost,
+                    end,
                     Event::Ingest {
                         node: n,
                         epoch,
                         job,
                         peer,
-                        start,
+                        // Its store time ends with it.
+                        start: end - cost,
                     },
                 );
             }
@@ -1352,6 +1376,27 @@ impl World {
             }
         }
         self.input_at(end, n, Input::Replication(RInput::Served { peer, sent }));
+    }
+
+    /// Runs `d` of CPU work from `at` on the first core free (hosts sharing
+    /// [`SimConfig::cpu`]'s cores); when it ends.
+    fn on_a_core(&mut self, at: Instant, d: Duration) -> Instant {
+        let Some(cpu) = self.cfg.cpu else {
+            return at + d;
+        };
+        if self.cores.len() != cpu.cores.max(1) {
+            self.cores = vec![self.t0; cpu.cores.max(1)];
+        }
+        let (i, free) = self
+            .cores
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, t)| **t)
+            .map(|(i, t)| (i, *t))
+            .expect("at least one core");
+        let end = free.max(at) + d;
+        self.cores[i] = end;
+        end
     }
 
     /// Whether node `n` holds commit `c` on `author`'s branch.
@@ -2151,6 +2196,38 @@ mod tests {
         let conv = m.converged_after_heal.expect("converged");
         assert!(conv < Duration::from_secs(120), "{conv:?}");
         eprintln!("converged {conv:?} after the heal");
+    }
+
+    #[test]
+    fn nodes_sharing_one_core_deliver_in_turn() {
+        // A star: A writes, B..E pull it; each delivery costs 200 ms of CPU.
+        // On a core each the four deliveries overlap; on one shared core
+        // they take turns.
+        let run = |cpu: Option<CpuShare>| {
+            let mut cfg = SimConfig::classic();
+            cfg.cpu = cpu;
+            let mut w = World::with_names(cfg, "ABCDE".chars().map(String::from).collect(), 4);
+            for x in ['B', 'C', 'D', 'E'] {
+                w.trust('A', x);
+                w.trust(x, 'A');
+            }
+            w.start();
+            w.run_until(w.t0 + secs(1.0));
+            let at = w.now;
+            w.remember('A');
+            w.run_until(at + secs(5.0));
+            w.metrics.all_delivered().expect("delivered") - at
+        };
+        let each = run(Some(CpuShare {
+            cores: 4,
+            per_delivery: Duration::from_millis(200),
+        }));
+        let shared = run(Some(CpuShare {
+            cores: 1,
+            per_delivery: Duration::from_millis(200),
+        }));
+        assert!(each < secs(0.5), "{each:?}");
+        assert!(shared >= secs(0.8), "four deliveries in turn: {shared:?}");
     }
 
     #[test]
