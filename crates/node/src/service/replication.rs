@@ -46,6 +46,9 @@ pub const MAX_DEFERRED: usize = 4;
 /// announce of a large store) is pulled whole.
 pub const MAX_TARGETED_AUTHORS: usize = 256;
 
+/// Most tips remembered of what one peer showed it holds.
+pub const MAX_HAS: usize = 4096;
+
 /// Which branches a pull asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Want {
@@ -702,7 +705,12 @@ impl Replication {
         if let Some(tips) = &r.tips {
             let st = self.peers.entry(peer).or_default();
             if st.announced.as_ref().is_some_and(|(s, _)| *s == session) {
+                // Bounded: a peer that announces ever new authors while we
+                // announce nothing fills it no further (it only saves bytes).
                 for t in tips {
+                    if st.has.len() >= MAX_HAS && !st.has.contains_key(&t.author) {
+                        break;
+                    }
                     st.has.insert(t.author.clone(), t.tip.clone());
                 }
             }
@@ -1440,6 +1448,38 @@ mod tests {
             poll(&mut r, t, vec![(p, 5), (q, 6)], after),
             vec![(6, vec![tip(&x, 2)])]
         );
+    }
+
+    #[test]
+    fn what_a_peer_showed_it_holds_is_remembered_only_up_to_a_bound() {
+        let t = Instant::now();
+        let (me, p) = (key(1), key(2));
+        let mut r = Replication::new(policy(me));
+        poll(&mut r, t, vec![(p, 5)], vec![tip(&me, 1)]);
+        // A trusted peer announces ever new (made-up) authors while our
+        // tips stay the same: what we keep of it stays bounded.
+        for round in 0..3u32 {
+            let tips: Vec<BranchTip> = (0..4096u32)
+                .map(|i| BranchTip {
+                    author: format!("{:064x}", u64::from(round) << 32 | u64::from(i)),
+                    tip: "ab".repeat(20),
+                })
+                .collect();
+            let msg = Message::MemoryResponse(MemoryResponse {
+                tips: Some(tips),
+                ..Default::default()
+            });
+            r.handle(
+                t,
+                Input::Received {
+                    peer: p,
+                    session: 5,
+                    msg,
+                },
+            );
+            drain(&mut r);
+        }
+        assert!(r.peers[&p].has.len() <= MAX_HAS);
     }
 
     #[test]
