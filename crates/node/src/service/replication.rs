@@ -403,9 +403,9 @@ pub struct Replication {
     /// The peer sessions of the last poll: new memories are announced to
     /// them as soon as they are in, not at the next poll.
     connected: Vec<(PublicKey, SessionId)>,
-    /// Our tips as last read, their version (it grows when they change)
-    /// and what changed in the last version: the work of an announce is
-    /// done once per poll, not once per peer.
+    /// Our tips as last read (sorted by author), their version (it grows
+    /// when they change) and what changed in the last version: the work of
+    /// an announce is done once per poll, not once per peer.
     tips: Vec<BranchTip>,
     version: u64,
     changed: Vec<BranchTip>,
@@ -553,6 +553,13 @@ impl Replication {
     /// Announces to each peer the tips it has not heard on its session:
     /// all of them on a new session, then only those that changed.
     fn announce(&mut self, tips: Option<Vec<BranchTip>>, connected: Vec<(PublicKey, SessionId)>) {
+        // Kept sorted by author (looked up by the announces that come in).
+        let tips = tips.map(|mut t| {
+            if !t.is_sorted_by(|a, b| a.author <= b.author) {
+                t.sort_by(|a, b| a.author.cmp(&b.author));
+            }
+            t
+        });
         if let Some(tips) = tips.filter(|t| *t != self.tips) {
             let before: BTreeMap<&str, &str> = self
                 .tips
@@ -716,9 +723,18 @@ impl Replication {
             }
         }
         let Some(id) = r.id else {
-            // An announce.
-            if let Some(tips) = r.tips {
-                self.work(peer, Work::Lacking(tips), Job::Lacking(peer, session));
+            // An announce. Tips that are ours already (as last read) need
+            // no look in the store: in a mesh every peer announces each new
+            // memory, and all but the first announce name what we hold.
+            if let Some(mut tips) = r.tips {
+                let ours = &self.tips;
+                tips.retain(|t| {
+                    ours.binary_search_by(|o| o.author.cmp(&t.author))
+                        .map_or(true, |i| ours[i].tip != t.tip)
+                });
+                if !tips.is_empty() {
+                    self.work(peer, Work::Lacking(tips), Job::Lacking(peer, session));
+                }
             }
             return;
         };
@@ -1401,7 +1417,12 @@ mod tests {
         let t = Instant::now();
         let (me, peer, x, y) = (key(1), key(2), key(3), key(4));
         let mut r = Replication::new(policy(me));
-        let all = vec![tip(&me, 1), tip(&x, 1), tip(&y, 1)];
+        // Announced in the order of their authors.
+        let sorted = |mut v: Vec<BranchTip>| {
+            v.sort_by(|a, b| a.author.cmp(&b.author));
+            v
+        };
+        let all = sorted(vec![tip(&me, 1), tip(&x, 1), tip(&y, 1)]);
         assert_eq!(
             poll(&mut r, t, vec![(peer, 5)], all.clone()),
             vec![(5, all.clone())]
@@ -1409,7 +1430,7 @@ mod tests {
         // Nothing changed: nothing sent.
         assert_eq!(poll(&mut r, t, vec![(peer, 5)], all.clone()), vec![]);
         // One branch moved: only its tip goes.
-        let moved = vec![tip(&me, 1), tip(&x, 2), tip(&y, 1)];
+        let moved = sorted(vec![tip(&me, 1), tip(&x, 2), tip(&y, 1)]);
         assert_eq!(
             poll(&mut r, t, vec![(peer, 5)], moved.clone()),
             vec![(5, vec![tip(&x, 2)])]
@@ -1447,6 +1468,42 @@ mod tests {
         assert_eq!(
             poll(&mut r, t, vec![(p, 5), (q, 6)], after),
             vec![(6, vec![tip(&x, 2)])]
+        );
+    }
+
+    #[test]
+    fn an_announce_of_tips_we_hold_asks_the_store_nothing() {
+        let t = Instant::now();
+        let (me, p, x) = (key(1), key(2), key(4));
+        let mut r = Replication::new(policy(me));
+        poll(&mut r, t, vec![(p, 5)], vec![tip(&me, 1), tip(&x, 2)]);
+        let announce = |tips| {
+            Message::MemoryResponse(MemoryResponse {
+                tips: Some(tips),
+                ..Default::default()
+            })
+        };
+        r.handle(
+            t,
+            Input::Received {
+                peer: p,
+                session: 5,
+                msg: announce(vec![tip(&x, 2)]),
+            },
+        );
+        assert_eq!(drain(&mut r), vec![], "x's tip 2 is ours: no lacking check");
+        r.handle(
+            t,
+            Input::Received {
+                peer: p,
+                session: 5,
+                msg: announce(vec![tip(&x, 2), tip(&x, 3)]),
+            },
+        );
+        let ios = drain(&mut r);
+        assert!(
+            matches!(&ios[..], [Io::Work { work: Work::Lacking(l), .. }] if *l == vec![tip(&x, 3)]),
+            "{ios:?}"
         );
     }
 
