@@ -429,6 +429,13 @@ impl Replication {
         }
     }
 
+    /// Whether `t` is our tip of its author, as last read.
+    fn holds_tip(&self, t: &BranchTip) -> bool {
+        self.tips
+            .binary_search_by(|o| o.author.cmp(&t.author))
+            .is_ok_and(|i| self.tips[i].tip == t.tip)
+    }
+
     /// The next action, oldest first.
     pub fn next_io(&mut self) -> Option<Io> {
         self.outbox.pop_front()
@@ -561,14 +568,9 @@ impl Replication {
             t
         });
         if let Some(tips) = tips.filter(|t| *t != self.tips) {
-            let before: BTreeMap<&str, &str> = self
-                .tips
-                .iter()
-                .map(|t| (t.author.as_str(), t.tip.as_str()))
-                .collect();
             self.changed = tips
                 .iter()
-                .filter(|t| before.get(t.author.as_str()) != Some(&t.tip.as_str()))
+                .filter(|t| !self.holds_tip(t))
                 .cloned()
                 .collect();
             self.version += 1;
@@ -727,11 +729,7 @@ impl Replication {
             // no look in the store: in a mesh every peer announces each new
             // memory, and all but the first announce name what we hold.
             if let Some(mut tips) = r.tips {
-                let ours = &self.tips;
-                tips.retain(|t| {
-                    ours.binary_search_by(|o| o.author.cmp(&t.author))
-                        .map_or(true, |i| ours[i].tip != t.tip)
-                });
+                tips.retain(|t| !self.holds_tip(t));
                 if !tips.is_empty() {
                     self.work(peer, Work::Lacking(tips), Job::Lacking(peer, session));
                 }
@@ -1091,9 +1089,6 @@ impl Replication {
                 continue;
             }
             let st = self.peers.get_mut(&k).expect("a key of the map");
-            if st.busy() {
-                continue;
-            }
             let Some((session, parked)) = &mut st.parked else {
                 continue;
             };
@@ -1201,18 +1196,7 @@ mod tests {
     /// `me` hears `peer` announce a tip it lacks, and sends pull #1.
     fn pulling(me: PublicKey, peer: PublicKey, now: Instant) -> Replication {
         let mut r = Replication::new(policy(me));
-        let announce = Message::MemoryResponse(MemoryResponse {
-            tips: Some(vec![tip(&peer, 1)]),
-            ..Default::default()
-        });
-        r.handle(
-            now,
-            Input::Received {
-                peer,
-                session: 7,
-                msg: announce,
-            },
-        );
+        hear(&mut r, now, peer, 7, vec![tip(&peer, 1)]);
         let ios = drain(&mut r);
         let ios = answer(&mut r, now, &ios, Outcome::Lacking(Ok(vec![tip(&peer, 1)])));
         let ios = answer(&mut r, now, &ios, Outcome::Tips(Ok(vec![])));
@@ -1299,18 +1283,7 @@ mod tests {
             },
         );
         assert!(matches!(&drain(&mut r)[..], [Io::Serve { .. }]));
-        let announce = Message::MemoryResponse(MemoryResponse {
-            tips: Some(vec![tip(&peer, 5)]),
-            ..Default::default()
-        });
-        r.handle(
-            t,
-            Input::Received {
-                peer,
-                session: 3,
-                msg: announce,
-            },
-        );
+        hear(&mut r, t, peer, 3, vec![tip(&peer, 5)]);
         let ios = drain(&mut r);
         assert_eq!(
             answer(&mut r, t, &ios, Outcome::Lacking(Ok(vec![tip(&peer, 5)]))),
@@ -1412,6 +1385,21 @@ mod tests {
         announces(&answer(r, now, &ios, Outcome::Tips(Ok(tips))))
     }
 
+    /// `peer` announces `tips` on `session`.
+    fn hear(
+        r: &mut Replication,
+        now: Instant,
+        peer: PublicKey,
+        session: SessionId,
+        tips: Vec<BranchTip>,
+    ) {
+        let msg = Message::MemoryResponse(MemoryResponse {
+            tips: Some(tips),
+            ..Default::default()
+        });
+        r.handle(now, Input::Received { peer, session, msg });
+    }
+
     #[test]
     fn announces_carry_only_what_changed_and_a_new_session_hears_everything() {
         let t = Instant::now();
@@ -1451,18 +1439,7 @@ mod tests {
         poll(&mut r, t, vec![(p, 5), (q, 6)], before);
         // p tells us of x's new tip (we pull it; the pull is not answered
         // here), then it is ours: q hears of it, p does not.
-        let announce = Message::MemoryResponse(MemoryResponse {
-            tips: Some(vec![tip(&x, 2)]),
-            ..Default::default()
-        });
-        r.handle(
-            t,
-            Input::Received {
-                peer: p,
-                session: 5,
-                msg: announce,
-            },
-        );
+        hear(&mut r, t, p, 5, vec![tip(&x, 2)]);
         drain(&mut r);
         let after = vec![tip(&me, 1), tip(&x, 2)];
         assert_eq!(
@@ -1477,29 +1454,9 @@ mod tests {
         let (me, p, x) = (key(1), key(2), key(4));
         let mut r = Replication::new(policy(me));
         poll(&mut r, t, vec![(p, 5)], vec![tip(&me, 1), tip(&x, 2)]);
-        let announce = |tips| {
-            Message::MemoryResponse(MemoryResponse {
-                tips: Some(tips),
-                ..Default::default()
-            })
-        };
-        r.handle(
-            t,
-            Input::Received {
-                peer: p,
-                session: 5,
-                msg: announce(vec![tip(&x, 2)]),
-            },
-        );
+        hear(&mut r, t, p, 5, vec![tip(&x, 2)]);
         assert_eq!(drain(&mut r), vec![], "x's tip 2 is ours: no lacking check");
-        r.handle(
-            t,
-            Input::Received {
-                peer: p,
-                session: 5,
-                msg: announce(vec![tip(&x, 2), tip(&x, 3)]),
-            },
-        );
+        hear(&mut r, t, p, 5, vec![tip(&x, 2), tip(&x, 3)]);
         let ios = drain(&mut r);
         assert!(
             matches!(&ios[..], [Io::Work { work: Work::Lacking(l), .. }] if *l == vec![tip(&x, 3)]),
@@ -1522,18 +1479,7 @@ mod tests {
                     tip: "ab".repeat(20),
                 })
                 .collect();
-            let msg = Message::MemoryResponse(MemoryResponse {
-                tips: Some(tips),
-                ..Default::default()
-            });
-            r.handle(
-                t,
-                Input::Received {
-                    peer: p,
-                    session: 5,
-                    msg,
-                },
-            );
+            hear(&mut r, t, p, 5, tips);
             drain(&mut r);
         }
         assert!(r.peers[&p].has.len() <= MAX_HAS);
@@ -1544,18 +1490,7 @@ mod tests {
         let t = Instant::now();
         let (me, peer, x, y) = (key(1), key(2), key(3), key(4));
         let mut r = Replication::new(policy(me));
-        let announce = Message::MemoryResponse(MemoryResponse {
-            tips: Some(vec![tip(&x, 2)]),
-            ..Default::default()
-        });
-        r.handle(
-            t,
-            Input::Received {
-                peer,
-                session: 7,
-                msg: announce,
-            },
-        );
+        hear(&mut r, t, peer, 7, vec![tip(&x, 2)]);
         let ios = drain(&mut r);
         let ios = answer(&mut r, t, &ios, Outcome::Lacking(Ok(vec![tip(&x, 2)])));
         let ours = vec![tip(&me, 9), tip(&x, 1), tip(&y, 4)];
@@ -1664,18 +1599,7 @@ mod tests {
         let (me, p1, p2, x) = (key(1), key(2), key(3), key(4));
         let mut r = Replication::new(policy(me));
         let hears = |r: &mut Replication, peer: PublicKey, session: SessionId| {
-            let announce = Message::MemoryResponse(MemoryResponse {
-                tips: Some(vec![tip(&x, 2)]),
-                ..Default::default()
-            });
-            r.handle(
-                t,
-                Input::Received {
-                    peer,
-                    session,
-                    msg: announce,
-                },
-            );
+            hear(r, t, peer, session, vec![tip(&x, 2)]);
             let ios = drain(r);
             answer(r, t, &ios, Outcome::Lacking(Ok(vec![tip(&x, 2)])))
         };
