@@ -201,16 +201,7 @@ async fn pull_answers_hold_only_own_branch() {
     let s = setup().await;
     // The answer to a pull names only our branch...
     let mut conn = client(&s, None).await;
-    conn.send(Message::MemoryRequest(MemoryRequest {
-        id: 7,
-        sync: Some(SyncRequest {
-            have: vec![],
-            max_transfer: None,
-        }),
-        ..Default::default()
-    }))
-    .await
-    .unwrap();
+    send_pull(&mut conn, 7, &[]).await;
     let tips = recv_until(&mut conn, |m| match m {
         Message::MemoryResponse(MemoryResponse {
             id: Some(7), tips, ..
@@ -262,9 +253,8 @@ async fn announced_tips_hold_only_own_branch() {
     s.node.shutdown().await;
 }
 
-/// The transfer announced for pull `id` naming `authors`: its commits, or
-/// None for "nothing new".
-async fn pull_naming(conn: &mut Connection, id: u64, authors: &[PublicKey]) -> Option<u64> {
+/// Sends pull `id` with nothing held, naming `authors` (none: every branch).
+async fn send_pull(conn: &mut Connection, id: u64, authors: &[PublicKey]) {
     conn.send(Message::MemoryRequest(MemoryRequest {
         id,
         authors: authors.iter().map(PublicKey::to_hex).collect(),
@@ -276,6 +266,12 @@ async fn pull_naming(conn: &mut Connection, id: u64, authors: &[PublicKey]) -> O
     }))
     .await
     .unwrap();
+}
+
+/// The transfer announced for pull `id` naming `authors`: its commits, or
+/// None for "nothing new".
+async fn pull_naming(conn: &mut Connection, id: u64, authors: &[PublicKey]) -> Option<u64> {
+    send_pull(conn, id, authors).await;
     recv_until(conn, |m| match m {
         Message::MemoryResponse(MemoryResponse {
             id: Some(i),
